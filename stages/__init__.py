@@ -1,0 +1,1 @@
+"""StarFT pipeline: descriptors -> training -> evaluation -> reports."""

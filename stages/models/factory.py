@@ -1,0 +1,123 @@
+"""Create or load an open_clip model by ``(name, pretrained)``.
+
+``pretrained`` is one of: ``None``/``"none"`` (random weights, for tests and the demo's own
+pretraining), an open_clip tag such as ``"openai"`` or ``"laion400m_e32"`` (fetched through
+huggingface_hub, cached by it), or a path to a local checkpoint file (a state dict, or one of our
+``best.pt``/``ckpt/last.pt`` files). Names may also use open_clip's ``hf-hub:`` and ``local-dir:``
+schemas. The tiny architectures under ``stages/models/configs/`` are registered on import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+from torch import nn
+
+from stages.data.transforms import eval_transform, train_transform
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+NO_WEIGHTS = ("", "none", "random")
+
+
+class ModelLoadError(RuntimeError):
+    """The requested weights could not be found or loaded."""
+
+
+def register_tiny_configs() -> None:
+    """Register the JSON architectures shipped in ``stages/models/configs`` with open_clip (idempotent)."""
+    if not all(path.stem in open_clip.list_models() for path in CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+register_tiny_configs()
+
+
+@dataclass
+class ClipBundle:
+    """A model with everything needed to feed it."""
+
+    model: nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    preprocess_train: Callable[[Any], torch.Tensor]
+    preprocess_val: Callable[[Any], torch.Tensor]
+    name: str
+    pretrained: str | None
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a raw state dict or from one of our checkpoint files."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict):
+        raise ModelLoadError(f"{path} does not hold a state dict (found {type(payload).__name__})")
+    # Checkpoints saved from DataParallel/DDP wrappers carry a 'module.' prefix.
+    return {key.removeprefix("module."): value for key, value in payload.items()}
+
+
+def create_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+) -> ClipBundle:
+    """Build an open_clip model and its tokenizer and train/eval transforms.
+
+    Raises ModelLoadError with the fix when the name is unknown, a local file is missing, or a
+    pretrained tag cannot be fetched (e.g. offline: pass a local checkpoint file instead).
+    """
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown open_clip architecture {name!r}; see open_clip.list_models() "
+            f"or add a JSON config to {CONFIG_DIR}"
+        )
+    tag = None if pretrained is None or pretrained.lower() in NO_WEIGHTS else pretrained
+    local_file = Path(tag) if tag is not None and (os.sep in tag or Path(tag).suffix) else None
+    if local_file is not None and not local_file.is_file():
+        raise ModelLoadError(f"pretrained checkpoint file {local_file} does not exist")
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=None if local_file is not None else tag,
+            cache_dir=cache_dir,
+            require_pretrained=tag is not None and local_file is None,
+        )
+    except RuntimeError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+        raise ModelLoadError(
+            f"could not load weights {tag!r} for {name!r}"
+            f"{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}: {error}. "
+            "Fix: put the weights on disk and pass the file as pretrained "
+            "(e.g. pretrained: /models/ViT-B-16-openai.pt), or use 'local-dir:/path' as the name, "
+            "or run where the Hugging Face hub is reachable"
+        ) from error
+    if local_file is not None:
+        missing, unexpected = model.load_state_dict(_state_dict_from_file(local_file), strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(
+                f"{local_file} does not fit {name!r}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
+    model.to(device)
+    tokenizer = open_clip.get_tokenizer(name)
+    cfg = model.visual.preprocess_cfg
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return ClipBundle(
+        model=model,
+        tokenizer=tokenizer,
+        preprocess_train=train_transform(size, cfg["mean"], cfg["std"]),
+        preprocess_val=eval_transform(size, cfg["mean"], cfg["std"]),
+        name=name,
+        pretrained=pretrained,
+    )

@@ -1,0 +1,64 @@
+"""Run-directory checkpoints: what training writes and what evaluation reads.
+
+``<run_dir>/best.pt`` (weights only, written last) and ``<run_dir>/ckpt/last.pt`` (resumable)
+both hold::
+
+    {"state_dict": model state dict (fp32),
+     "head": None | {"weight": Tensor[C, d], "classnames": [str, ...]},   # head-based methods
+     "model_name": str, "pretrained": str | None, "method": str, "step": int}
+
+``last.pt`` adds optimiser, scheduler, loop counters and every RNG state. A head maps
+L2-normalised image features to logits: ``normalize(f(x)) @ weight.T`` (the zero-shot scale is
+folded into the weight at initialisation, as WiSE-FT does).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.models.factory import ClipBundle, ModelLoadError, create_clip
+
+BEST = "best.pt"
+LAST = Path("ckpt") / "last.pt"
+
+
+@dataclass
+class TrainedModel:
+    """A model restored from a run directory, with its trained head if the method has one."""
+
+    bundle: ClipBundle
+    head_weight: torch.Tensor | None
+    head_classnames: list[str] | None
+    run_config: dict[str, Any]
+    checkpoint_path: Path
+
+
+def load_trained(run_dir: Path, checkpoint: str = BEST, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model of a finished run: architecture from ``run.json``, weights from `checkpoint`."""
+    run_dir = Path(run_dir)
+    run_json, ckpt_path = run_dir / "run.json", run_dir / checkpoint
+    for required in (run_json, ckpt_path):
+        if not required.is_file():
+            raise ModelLoadError(
+                f"{required} is missing: {run_dir} is not a finished training run "
+                "(train it with `python -m stages.training --config CONFIG --out RUN_DIR`)"
+            )
+    run_config = json.loads(run_json.read_text())
+    payload = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    bundle = create_clip(payload["model_name"], None, device="cpu")
+    bundle.model.load_state_dict(payload["state_dict"])
+    bundle.model.to(device)
+    bundle.pretrained = payload["pretrained"]
+    head = payload.get("head")
+    return TrainedModel(
+        bundle=bundle,
+        head_weight=None if head is None else head["weight"].to(device),
+        head_classnames=None if head is None else list(head["classnames"]),
+        run_config=run_config,
+        checkpoint_path=ckpt_path,
+    )
