@@ -1,0 +1,286 @@
+"""The one training loop every method shares, top to bottom.
+
+setup (model, data, method, optimiser, schedule) -> resume from ckpt/last.pt if present ->
+for each epoch: for each optimiser step: accumulate micro-batches, sum the method's loss
+terms, step, log, checkpoint -> per-epoch validation / checkpoint -> best.pt (written last).
+
+Resuming is exact on CPU: every random draw of a sample (crop, descriptor) is seeded by
+(seed, epoch, sample index), the epoch's order by (seed, epoch), and the model-side RNG states
+(torch, numpy, python) are saved with the optimiser and scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+import stages
+from stages.config import TrainConfig
+from stages.data.source import ImageDataset, LabeledImages, build_dataset, load_image
+from stages.descriptors.bank import load_bank
+from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from stages.models.factory import create_clip
+from stages.training.checkpoint import BEST, LAST
+from stages.training.methods import Method, MethodContext, build_method
+
+BEST_VAL = Path("ckpt") / "best_val.pt"
+LOG = "train_log.jsonl"
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class TrainingSamples(Dataset):
+    """Samples addressed by ``(epoch, index)``; each one's crop and descriptor draw depend only on that key."""
+
+    def __init__(self, source: LabeledImages, transform: Callable[[Any], torch.Tensor], seed: int,
+                 num_descriptors: int) -> None:
+        self.source, self.transform, self.seed, self.num_descriptors = source, transform, seed, num_descriptors
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        # fork_rng keeps the caller's global RNG untouched (workers=0 runs in the main process).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sample_seed(self.seed, epoch, index))
+            image = self.transform(load_image(self.source.images[index]))
+            descriptor_index = int(torch.randint(self.num_descriptors, ()))  # uniform, as the official code
+        return {"image": image, "label": self.source.labels[index], "descriptor_index": descriptor_index}
+
+
+class EpochSampler(Sampler):
+    """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.size - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))  # a key no sample index uses
+        order = torch.randperm(self.size, generator=generator)[self.start:]
+        return ((self.epoch, int(index)) for index in order)
+
+
+def lambda_at(lam: float, decay: str, epoch: int, epochs: int, step: int, total_steps: int) -> float:
+    """λ of the Star term now: per epoch λ(1-(e+1)/E) (official code), per step λ(1-t/T), or constant."""
+    if decay == "epoch":
+        return lam * (1.0 - (epoch + 1) / epochs)
+    if decay == "step":
+        return lam * (1.0 - step / max(1, total_steps))
+    return lam
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """lr multiplier: linear warm-up (t+1)/W for t < W, then cosine from 1 to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(stages.__file__).parent,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        return f"stages@{commit}"
+    except (OSError, subprocess.CalledProcessError):
+        return "stages@unknown"
+
+
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def _rng_states() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _weights_payload(method: Method, config: TrainConfig, step: int) -> dict[str, Any]:
+    return {"state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                           for k, v in method.student.state_dict().items()},
+            "head": method.head_state(), "model_name": config.model.name, "pretrained": config.model.pretrained,
+            "method": config.method, "step": step}
+
+
+@torch.no_grad()
+def _validate(method: Method, loader: DataLoader, device: torch.device) -> float:
+    method.eval()
+    correct = total = 0
+    for batch in loader:
+        logits = method.class_logits(batch["image"].to(device))
+        correct += int((logits.argmax(dim=-1).cpu() == batch["label"]).sum())
+        total += len(batch["label"])
+    method.train()
+    return correct / max(1, total)
+
+
+def train(config: TrainConfig, run_dir: Path) -> Path:
+    """Run (or resume, or skip if finished) one training run into `run_dir`; return the best.pt path."""
+    run_dir = Path(run_dir)
+    if (run_dir / BEST).is_file():
+        print(f"{run_dir / BEST} exists: run already finished, nothing to do")
+        return run_dir / BEST
+    device = _resolve_device(config)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+
+    # --- model, data, method ---------------------------------------------------------------
+    bundle = create_clip(config.model.name, config.model.pretrained, device=device)
+    train_source = build_dataset(config.data.train_set, config.data.data_root, config.data.train_split)
+    bank_sha256, descriptors = None, ["{}."]
+    if config.method == "starft" and config.spurious.suffix == "spurious":
+        bank = load_bank(config.spurious.bank)
+        bank_sha256, descriptors = bank.sha256, bank.descriptors(config.spurious.concept)
+    optim = config.optim
+    micro_batch = math.ceil(optim.batch_size / optim.accum_steps)
+    steps_per_epoch = math.ceil(len(train_source) / optim.batch_size)
+    if optim.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, optim.max_steps_per_epoch)
+    total_steps = steps_per_epoch * optim.epochs
+    method = build_method(config.method, MethodContext(bundle, train_source.classnames, config, descriptors,
+                                                      total_steps)).to(device)
+    samples = TrainingSamples(train_source, bundle.preprocess_train, config.seed, len(descriptors))
+    val_loader = None
+    if config.select == "val":
+        val_source = build_dataset(config.data.train_set, config.data.data_root, config.data.val_split)
+        val_loader = DataLoader(ImageDataset(val_source, bundle.preprocess_val), batch_size=micro_batch,
+                                num_workers=config.data.workers)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "run.json", {
+        "config": config.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
+        "method": config.method, "code_version": _code_version(), "bank_sha256": bank_sha256,
+        "num_descriptors": len(descriptors) if bank_sha256 else 0, "classnames": train_source.classnames,
+        "train_size": len(train_source), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+        "device": str(device),
+    })
+
+    if not method.trains:  # zeroshot: the pretrained weights are the result
+        atomic_torch_save(run_dir / BEST, _weights_payload(method, config, 0))
+        return run_dir / BEST
+
+    # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total_steps))
+    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    # --- resume ------------------------------------------------------------------------------
+    step, best_val = 0, -1.0
+    if (run_dir / LAST).is_file():
+        state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
+        method.student.load_state_dict(state["state_dict"])
+        if state["head"] is not None:
+            method.head.data.copy_(state["head"]["weight"])
+        if state.get("teacher") is not None:
+            method.load_teacher_state(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, best_val = state["step"], state["best_val"]
+        _set_rng_states(state["rng"])
+        print(f"resuming {run_dir} from step {step}/{total_steps}")
+    # Drop log lines written after the checkpoint we resume from (they will be redone).
+    log_path = run_dir / LOG
+    if log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+
+    def save_last() -> None:
+        payload = _weights_payload(method, config, step)
+        payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
+                       teacher=method.teacher_state(), rng=_rng_states())
+        atomic_torch_save(run_dir / LAST, payload)
+
+    # --- the loop ----------------------------------------------------------------------------
+    method.train()
+    progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} {run_dir.name}", unit="step")
+    with open(log_path, "a", encoding="utf-8") as log:
+        while step < total_steps:
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            sampler = EpochSampler(len(samples), config.seed, epoch, start=step_in_epoch * optim.batch_size)
+            loader = DataLoader(samples, batch_size=micro_batch, sampler=sampler, num_workers=config.data.workers,
+                                pin_memory=device.type == "cuda")
+            micro_batches = iter(loader)
+            for _ in range(step_in_epoch, steps_per_epoch):
+                started = time.perf_counter()
+                lam = lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
+                if not group:
+                    break
+                totals: dict[str, float] = {}
+                for batch in group:
+                    batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+                    with autocast():
+                        terms = method.training_step(batch, lam)
+                    loss = sum(terms.values()) / len(group)
+                    loss.backward()
+                    for name, value in terms.items():
+                        totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(group)
+                if optim.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
+                optimizer.step()
+                lr = scheduler.get_last_lr()[0]
+                scheduler.step()
+                step += 1
+                method.after_optimizer_step(step)
+                seconds = time.perf_counter() - started
+                record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "loss": sum(totals.values()),
+                          **{f"loss_{name}": value for name, value in totals.items()},
+                          "samples_per_s": sum(len(b["label"]) for b in group) / seconds}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                progress.update()
+                progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
+                # The epoch's last step is checkpointed after validation, so a resume never skips it.
+                if step % config.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                    save_last()
+            if val_loader is not None:
+                top1 = _validate(method, val_loader, device)
+                log.write(json.dumps({"step": step, "epoch": epoch, "val_top1": top1}) + "\n")
+                log.flush()
+                if top1 > best_val:
+                    best_val = top1
+                    atomic_torch_save(run_dir / BEST_VAL, _weights_payload(method, config, step))
+            save_last()
+    progress.close()
+
+    if config.select == "val":
+        payload = torch.load(run_dir / BEST_VAL, map_location="cpu", weights_only=True)
+    else:
+        payload = _weights_payload(method, config, step)
+    atomic_torch_save(run_dir / BEST, payload)  # written last: its presence means the run is complete
+    return run_dir / BEST

@@ -1,0 +1,405 @@
+"""What one training step computes, for every method of the paper's comparison.
+
+Each method is registered with ``@register_method(name)`` and implements ``training_step(batch,
+lam) -> {term: weighted loss}``; the shared loop (loop.py) sums the terms, backpropagates and
+logs each one. The maths of every term lives in losses.py.
+
+| name     | loss                                                   | trains                     |
+|----------|--------------------------------------------------------|----------------------------|
+| zeroshot | none (the pretrained model, evaluated as is)           | nothing                    |
+| ft       | CE through a head initialised from zero-shot weights   | image tower + head         |
+| flyp     | CLIP contrastive on "a photo of a {c}." (Eq. 1)        | both towers + scale        |
+| carft    | ft + KL of context distributions to the zero-shot ones | image tower + head         |
+| carot    | flyp + EMA self-distillation + projection penalties    | both towers + scale        |
+| lipsumft | ft + MSE of random-text logits to the zero-shot ones   | image tower + head         |
+| starft   | flyp + λ_e · Star (Eq. 4)                              | both towers + scale        |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stages.config import TrainConfig
+from stages.models.factory import ClipBundle
+from stages.models.teacher import frozen_copy
+from stages.models.text import encode_text_trimmed
+from stages.models.zeroshot import build_zeroshot_weights
+from stages.training.losses import (
+    ClipLoss,
+    ContextKLLoss,
+    ProjectionPenalties,
+    RandomTextLogitMSE,
+    StarLoss,
+    SymmetricDistillLoss,
+)
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a Method subclass available as ``build_method(name, ...)``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(_METHODS)
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs to set itself up."""
+
+    bundle: ClipBundle
+    classnames: list[str]
+    config: TrainConfig
+    descriptors: list[str]
+    total_steps: int
+
+
+def build_method(name: str, context: MethodContext) -> Method:
+    """Instantiate the registered method `name`."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(_METHODS)}")
+    return _METHODS[name](context)
+
+
+def _unit(features: Tensor) -> Tensor:
+    return F.normalize(features, dim=-1)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class Method(nn.Module):
+    """Base class: holds the student and the tokenised class captions."""
+
+    name: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+    uses_descriptors: ClassVar[bool] = False
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__()
+        self.student = context.bundle.model
+        self.tokenizer = context.bundle.tokenizer
+        self.classnames = list(context.classnames)
+        self.config = context.config
+        captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
+        self.register_buffer("caption_tokens", self.tokenizer(captions).to(_device(self.student)), persistent=False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (weight decay applies to all of them, as the official code)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        """Named, already weighted loss terms of one (micro-)batch; the loop sums them."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook run after each optimiser step (CaRot's EMA update)."""
+
+    def head_state(self) -> dict[str, Any] | None:
+        """The trained classification head to checkpoint, or None for contrastive methods."""
+        return None
+
+    @torch.no_grad()
+    def class_logits(self, images: Tensor) -> Tensor:
+        """Logits over the training classes, for ID validation: zero-shot head of the current text tower."""
+        weights = build_zeroshot_weights(
+            self.student, self.tokenizer, self.classnames, [self.config.data.caption_template]
+        )
+        return _unit(self.student.encode_image(images).float()) @ weights.T
+
+    def teacher_state(self) -> dict[str, Tensor] | None:
+        """State of a moving teacher that a resumed run must restore (CaRot's EMA), else None."""
+        return None
+
+    def load_teacher_state(self, state: dict[str, Tensor]) -> None:
+        raise NotImplementedError(f"{self.name} has no moving teacher")
+
+    # Shared pieces -----------------------------------------------------------------------
+    def _clip_features(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return (_unit(self.student.encode_image(images)),
+                _unit(encode_text_trimmed(self.student, self.caption_tokens[labels])))
+
+
+@register_method("zeroshot")
+class ZeroShot(Method):
+    """The pretrained model itself; the loop writes its weights without any step."""
+
+    trains = False
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.student.requires_grad_(False)
+
+
+@register_method("flyp")
+class Flyp(Method):
+    """FLYP (Goyal et al., 2023): contrastive fine-tuning with the pretraining loss (Eq. 1)."""
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.clip_loss = ClipLoss()
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        image_features, text_features = self._clip_features(batch["image"], batch["label"])
+        return {"clip": self.clip_loss(image_features, text_features, self.student.logit_scale.exp())}
+
+
+class _HeadMethod(Method):
+    """Cross-entropy through a linear head on normalised image features, initialised zero-shot.
+
+    As WiSE-FT's FT baseline, only the image tower and the head train; the text tower stays at
+    its zero-shot weights so that new class sets can still be evaluated through it.
+    """
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        for name, parameter in self.student.named_parameters():
+            parameter.requires_grad_(name.startswith("visual."))
+        templates = context.config.data.head_templates or [context.config.data.caption_template]
+        # Built under no_grad (not inference_mode): the head is trained from these weights.
+        zeroshot = build_zeroshot_weights(self.student, self.tokenizer, self.classnames, templates)
+        self.zeroshot_scale = float(self.student.logit_scale.exp())
+        self.head = nn.Parameter(zeroshot * self.zeroshot_scale)
+
+    def _head_logits(self, image_features: Tensor) -> Tensor:
+        return image_features @ self.head.T.to(image_features.dtype)
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        image_features = _unit(self.student.encode_image(batch["image"]))
+        return self._head_terms(image_features, batch)
+
+    def _head_terms(self, image_features: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"ce": F.cross_entropy(self._head_logits(image_features).float(), batch["label"])}
+
+    def head_state(self) -> dict[str, Any]:
+        return {"weight": self.head.detach().float().cpu().clone(), "classnames": list(self.classnames)}
+
+    @torch.no_grad()
+    def class_logits(self, images: Tensor) -> Tensor:
+        return self._head_logits(_unit(self.student.encode_image(images).float()))
+
+
+@register_method("ft")
+class FineTune(_HeadMethod):
+    """Standard fine-tuning (WiSE-FT's FT): cross-entropy through the zero-shot-initialised head."""
+
+
+@register_method("carft")
+class CarFT(_HeadMethod):
+    """CAR-FT (Mao et al., 2024): CE + w · KL(p_ctx^zs || p_ctx^ft) over context templates."""
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        templates = context.config.data.head_templates or []
+        if len(templates) < 2:
+            raise ValueError(
+                "carft needs data.head_templates with at least 2 context templates "
+                "(the paper uses FLYP's/OpenAI's ImageNet templates)"
+            )
+        self.teacher = frozen_copy(self.student)
+        with torch.no_grad():
+            per_template = torch.stack([
+                build_zeroshot_weights(self.teacher, self.tokenizer, self.classnames, [template])
+                for template in templates
+            ])  # [K, C, d]: each row unit-norm
+            self.register_buffer("context_weights", _unit(per_template.mean(dim=1)), persistent=False)
+        self.context_loss = ContextKLLoss()
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        image_features = _unit(self.student.encode_image(batch["image"]))
+        with torch.no_grad():
+            teacher_features = _unit(self.teacher.encode_image(batch["image"]))
+        terms = self._head_terms(image_features, batch)
+        terms["context"] = self.config.options.carft_weight * self.context_loss(
+            teacher_features, image_features, self.context_weights, self.zeroshot_scale
+        )
+        return terms
+
+
+@register_method("lipsumft")
+class LipsumFT(_HeadMethod):
+    """Lipsum-FT (Nam et al., 2024): CE + w · MSE of logits on random-token texts vs the zero-shot model."""
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.teacher = frozen_copy(self.student)
+        self.random_text_loss = RandomTextLogitMSE()
+        self.sot_id, self.eot_id = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+
+    def _random_texts(self, device: torch.device) -> Tensor:
+        options = self.config.options
+        ids = torch.randint(0, self.sot_id, (options.lipsum_texts, options.lipsum_tokens), device=device)
+        sot = torch.full((options.lipsum_texts, 1), self.sot_id, device=device)
+        eot = torch.full((options.lipsum_texts, 1), self.eot_id, device=device)
+        return torch.cat([sot, ids, eot], dim=1)
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        image_features = _unit(self.student.encode_image(batch["image"]))
+        with torch.no_grad():
+            teacher_features = _unit(self.teacher.encode_image(batch["image"]))
+            text_features = _unit(encode_text_trimmed(self.teacher, self._random_texts(batch["image"].device)))
+        terms = self._head_terms(image_features, batch)
+        terms["lipsum"] = self.config.options.lipsum_weight * self.random_text_loss(
+            teacher_features, image_features, text_features, self.zeroshot_scale
+        )
+        return terms
+
+
+@register_method("carot")
+class CaRot(Method):
+    """CaRot (Oh et al., 2024): FLYP + EMA self-distillation (both directions) + projection penalties."""
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        self.teacher = frozen_copy(self.student)
+        self.total_steps = context.total_steps
+        self.clip_loss, self.distill_loss, self.penalties = ClipLoss(), SymmetricDistillLoss(), ProjectionPenalties()
+
+    @staticmethod
+    def _projection(weight: Tensor | nn.Linear) -> Tensor:
+        return weight.weight.T if isinstance(weight, nn.Linear) else weight
+
+    def momentum(self, step: int) -> float:
+        """EMA momentum: linear from start to end over the first `carot_momentum_warmup` of the steps."""
+        options = self.config.options
+        ramp = max(1.0, options.carot_momentum_warmup * self.total_steps)
+        progress = min(1.0, step / ramp)
+        return options.carot_momentum_start + progress * (options.carot_momentum_end - options.carot_momentum_start)
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        options = self.config.options
+        image_features, text_features = self._clip_features(batch["image"], batch["label"])
+        student_scale = self.student.logit_scale.exp()
+        with torch.no_grad():
+            teacher_image = _unit(self.teacher.encode_image(batch["image"]))
+            teacher_text = _unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]]))
+            teacher_scale = self.teacher.logit_scale.exp()
+        cross, orthogonality = self.penalties(
+            self._projection(self.student.visual.proj), self._projection(self.student.text_projection)
+        )
+        return {
+            "clip": self.clip_loss(image_features, text_features, student_scale),
+            "distill": options.carot_distill * self.distill_loss(
+                teacher_image, teacher_text, teacher_scale, image_features, text_features, student_scale
+            ),
+            "cross_norm": options.carot_cross_norm * cross,
+            "orthogonality": options.carot_orthogonality * orthogonality,
+        }
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        if step % self.config.options.carot_ema_every:
+            return
+        momentum = self.momentum(step)
+        for teacher_param, student_param in zip(self.teacher.parameters(), self.student.parameters()):
+            teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
+
+    def teacher_state(self) -> dict[str, Tensor]:
+        return self.teacher.state_dict()
+
+    def load_teacher_state(self, state: dict[str, Tensor]) -> None:
+        self.teacher.load_state_dict(state)
+
+
+@register_method("starft")
+class StarFT(Method):
+    """StarFT: L = L_C + λ_e · L_Star (paper Eq. 4).
+
+    Each sample carries a uniformly drawn descriptor index d; its spurious caption is
+    descriptor_d.format("a photo of a <class>"). The frozen teacher's embeddings of every
+    (class, descriptor) caption are computed once here and looked up by index, since the
+    teacher never changes; the student encodes the clean and spurious captions in one trimmed
+    text forward. Suffix "random" appends 3-8 random vocabulary words (fresh per sample), so
+    its teacher text runs per step.
+    """
+
+    uses_descriptors = True
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        spurious = context.config.spurious
+        self.suffix = spurious.suffix
+        self.clip_loss, self.star_loss = ClipLoss(), StarLoss(mask_same_class=spurious.mask)
+        self.teacher = frozen_copy(self.student)
+        self.zeroshot_scale = float(self.teacher.logit_scale.exp())
+        device = _device(self.student)
+        base_captions = [context.config.data.caption_template.format(c=name).rstrip(".") for name in self.classnames]
+        if self.suffix == "random":
+            self._prepare_random_suffix(base_captions)
+            return
+        descriptors = context.descriptors if self.suffix == "spurious" else ["{}."]
+        captions = [descriptor.format(base) for base in base_captions for descriptor in descriptors]
+        tokens = self.tokenizer(captions).view(len(base_captions), len(descriptors), -1).to(device)
+        self.register_buffer("spurious_tokens", tokens, persistent=False)
+        self.register_buffer("teacher_text", self._encode_teacher(tokens.flatten(0, 1)).view(
+            len(base_captions), len(descriptors), -1), persistent=False)
+
+    @torch.no_grad()
+    def _encode_teacher(self, tokens: Tensor, chunk: int = 1024) -> Tensor:
+        return torch.cat([
+            _unit(encode_text_trimmed(self.teacher, tokens[start:start + chunk]).float())
+            for start in range(0, len(tokens), chunk)
+        ])
+
+    def _prepare_random_suffix(self, base_captions: list[str]) -> None:
+        """Token ids of each class's base caption and of the tokenizer's whole-word vocabulary."""
+        encoder: dict[str, int] = self.tokenizer.encoder
+        self.word_ids = torch.tensor(sorted(i for t, i in encoder.items() if t.endswith("</w>") and t[:-4].isalpha()))
+        self.base_ids = [self.tokenizer.encode(caption) for caption in base_captions]
+        self.sot_id, self.eot_id = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        self.context_length = self.caption_tokens.shape[1]
+
+    def _random_suffix_tokens(self, labels: Tensor) -> Tensor:
+        """"a photo of a <class>" + 3-8 uniformly drawn vocabulary words, one fresh draw per sample."""
+        tokens = torch.zeros(len(labels), self.context_length, dtype=torch.long)
+        lengths = torch.randint(3, 9, (len(labels),))
+        for row, (label, length) in enumerate(zip(labels.tolist(), lengths.tolist())):
+            words = self.word_ids[torch.randint(len(self.word_ids), (length,))].tolist()
+            ids = [self.sot_id, *self.base_ids[label], *words][: self.context_length - 1] + [self.eot_id]
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        return tokens.to(labels.device)
+
+    def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+        images, labels = batch["image"], batch["label"]
+        if self.suffix == "random":
+            spurious_tokens = self._random_suffix_tokens(labels)
+            teacher_text = self._encode_teacher(spurious_tokens)
+        else:
+            spurious_tokens = self.spurious_tokens[labels, batch["descriptor_index"]]
+            teacher_text = self.teacher_text[labels, batch["descriptor_index"]]
+        clean_tokens = self.caption_tokens[labels]
+        # One student text forward over clean + spurious captions (trimmed to the longer of both).
+        width = max(clean_tokens.shape[1], spurious_tokens.shape[1])
+        all_tokens = torch.cat([F.pad(clean_tokens, (0, width - clean_tokens.shape[1])),
+                                F.pad(spurious_tokens, (0, width - spurious_tokens.shape[1]))])
+        text_features = _unit(encode_text_trimmed(self.student, all_tokens))
+        clean_text, spurious_text = text_features[: len(labels)], text_features[len(labels):]
+        image_features = _unit(self.student.encode_image(images))
+        terms = {"clip": self.clip_loss(image_features, clean_text, self.student.logit_scale.exp())}
+        if lam > 0:
+            with torch.inference_mode():
+                teacher_image = _unit(self.teacher.encode_image(images)).float()
+            # Leave inference mode's tensors behind: only ordinary tensors may meet autograd.
+            terms["star"] = lam * self.star_loss(
+                teacher_image.clone(), teacher_text, image_features, spurious_text, labels, self.zeroshot_scale
+            )
+        return terms
+

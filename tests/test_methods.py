@@ -1,0 +1,160 @@
+"""Contract tests over the method registry, plus the StarFT data path and its speed-up parities."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from stages.data.source import build_dataset, load_image
+from stages.models import create_clip, encode_text_trimmed
+from stages.training.losses import ClipLoss, star_loss
+from stages.training.methods import MethodContext, StarFT, available_methods, build_method
+
+DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}.", "{} under a blue sky."]
+
+
+def make_method(name: str, **overrides: object):
+    torch.manual_seed(0)
+    config = tiny_config(name, **overrides)
+    bundle = create_clip("TinyCLIP-test", None)
+    source = build_dataset("synthetic", None, "train:16")
+    method = build_method(name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=10))
+    return method, source, bundle
+
+
+def batch_from(source, bundle, size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.stack([bundle.preprocess_train(load_image(source.images[i])) for i in range(size)])
+    return {"image": images, "label": torch.tensor(source.labels[:size]),
+            "descriptor_index": torch.randint(len(DESCRIPTORS), (size,), generator=generator)}
+
+
+def test_registry_lists_every_method_of_the_paper() -> None:
+    assert set(available_methods()) == {"zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"}
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) -> None:
+    method, source, bundle = make_method(name)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    teacher = getattr(method, "teacher", None)
+    teacher_before = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
+    params = method.trainable_parameters()
+    if not method.trains:
+        assert params == [] and method.head_state() is None
+        return
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    for step in range(2):
+        terms = method.training_step(batch_from(source, bundle, seed=step), lam=1.0)
+        loss = sum(terms.values())
+        assert torch.isfinite(loss), terms
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(step + 1)
+    after = method.state_dict()
+    changed = [k for k in before if k.startswith("student.") and not torch.equal(before[k], after[k])]
+    assert changed, "no student parameter moved"
+    if teacher_before is not None:  # CaRot's EMA moves only every carot_ema_every (500) steps
+        for key, value in teacher.state_dict().items():
+            assert torch.equal(value, teacher_before[key]), f"teacher parameter {key} changed"
+    if name in ("ft", "carft", "lipsumft"):  # head methods keep the text tower at zero-shot
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("student.transformer."))
+        assert method.head_state()["weight"].shape == (4, 32)
+
+
+def test_carot_ema_moves_teacher_towards_student() -> None:
+    method, source, bundle = make_method("carot", options__carot_ema_every=1)
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
+    teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    loss = sum(method.training_step(batch_from(source, bundle), lam=0.0).values())
+    loss.backward()
+    optimizer.step()
+    method.after_optimizer_step(1)
+    momentum = method.momentum(1)
+    for (key, teacher_value), student_value in zip(method.teacher.named_parameters(), method.student.parameters()):
+        expected = momentum * teacher_before[key] + (1 - momentum) * student_value.detach()
+        torch.testing.assert_close(teacher_value, expected)
+
+
+def test_star_captions_are_descriptors_filled_with_the_base_caption() -> None:
+    method, source, _ = make_method("starft")
+    tokenizer = method.tokenizer
+    for c, name in enumerate(source.classnames):
+        for d, descriptor in enumerate(DESCRIPTORS):
+            expected = tokenizer([descriptor.format(f"a photo of a {name}")])[0]
+            assert torch.equal(method.spurious_tokens[c, d], expected)
+    assert tokenizer.decode(method.spurious_tokens[0, 0].tolist()).startswith("<start_of_text>a photo of a red square in the snow")
+
+
+def test_cached_teacher_text_equals_on_the_fly_teacher_forward() -> None:
+    method, _, _ = make_method("starft")
+    flat = method.spurious_tokens.flatten(0, 1)
+    with torch.no_grad():
+        on_the_fly = F.normalize(method.teacher.encode_text(flat), dim=-1)
+    torch.testing.assert_close(method.teacher_text.flatten(0, 1), on_the_fly, rtol=1e-5, atol=2e-6)
+
+
+def test_star_step_equals_plain_reference_step() -> None:
+    """The optimised step (cache, trimming, one fused text forward) equals the official-style step."""
+    method, source, bundle = make_method("starft")
+    batch = batch_from(source, bundle)
+    terms = method.training_step(batch, lam=0.7)
+    grads = torch.autograd.grad(sum(terms.values()), method.trainable_parameters())
+    student, teacher = method.student, method.teacher
+    labels = batch["label"]
+    spurious = method.spurious_tokens[labels, batch["descriptor_index"]]
+    image = F.normalize(student.encode_image(batch["image"]), dim=-1)
+    clean = F.normalize(student.encode_text(method.caption_tokens[labels]), dim=-1)
+    spur = F.normalize(student.encode_text(spurious), dim=-1)
+    with torch.no_grad():
+        zs_image = F.normalize(teacher.encode_image(batch["image"]), dim=-1)
+        zs_text = F.normalize(teacher.encode_text(spurious), dim=-1)
+    reference = ClipLoss()(image, clean, student.logit_scale.exp()) + 0.7 * star_loss(
+        zs_image, zs_text, image, spur, labels, teacher.logit_scale.exp())
+    ref_grads = torch.autograd.grad(reference, method.trainable_parameters())
+    torch.testing.assert_close(sum(terms.values()), reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # fp32 summation-order noise
+
+
+def test_trimmed_text_forward_matches_full_context_forward_and_gradient() -> None:
+    bundle = create_clip("TinyCLIP-test", None)
+    tokens = bundle.tokenizer(["a photo of a dog.", "a photo of a very small cat on the sandy beach at dawn."])
+    full = bundle.model.encode_text(tokens)
+    trimmed = encode_text_trimmed(bundle.model, tokens)
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=2e-6)
+    params = [p for p in bundle.model.parameters() if p.requires_grad]
+    weights = torch.randn_like(full)
+    g_full = torch.autograd.grad((full * weights).sum(), params, allow_unused=True)
+    g_trim = torch.autograd.grad((trimmed * weights).sum(), params, allow_unused=True)
+    for got, want in zip(g_trim, g_full):
+        if want is None:
+            assert got is None
+        else:  # positional rows past the longest caption get no gradient in either path
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_random_suffix_appends_three_to_eight_vocabulary_words() -> None:
+    method, source, _ = make_method("starft", spurious__suffix="random")
+    assert isinstance(method, StarFT)
+    labels = torch.tensor([0, 1, 2, 3] * 10)
+    tokens = method._random_suffix_tokens(labels)
+    word_ids = set(method.word_ids.tolist())
+    for row, label in zip(tokens.tolist(), labels.tolist()):
+        base = method.base_ids[label]
+        end = row.index(method.eot_id)
+        assert row[0] == method.sot_id and row[1:1 + len(base)] == base
+        suffix = row[1 + len(base):end]
+        assert 3 <= len(suffix) <= 8 and set(suffix) <= word_ids
+    assert len({tuple(r) for r in tokens.tolist()}) > 4  # fresh draws per sample
+
+
+def test_clean_caption_variant_uses_the_training_caption() -> None:
+    method, source, _ = make_method("starft", spurious__suffix="none")
+    assert method.spurious_tokens.shape[1] == 1
+    assert torch.equal(method.spurious_tokens[:, 0], method.caption_tokens)
