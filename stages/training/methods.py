@@ -71,11 +71,16 @@ class MethodContext:
     total_steps: int
 
 
-def build_method(name: str, context: MethodContext) -> Method:
-    """Instantiate the registered method `name`."""
+def method_class(name: str) -> type[Method]:
+    """The class registered as `name`."""
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(_METHODS)}")
-    return _METHODS[name](context)
+    return _METHODS[name]
+
+
+def build_method(name: str, context: MethodContext) -> Method:
+    """Instantiate the registered method `name`."""
+    return method_class(name)(context)
 
 
 def _unit(features: Tensor) -> Tensor:

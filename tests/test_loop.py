@@ -1,0 +1,163 @@
+"""The shared training loop: schedules, the run-directory contract, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from stages.data.source import build_dataset
+from stages.models import create_clip
+from stages.training.loop import EpochSampler, TrainingSamples, lambda_at, train, warmup_cosine
+from stages.training.methods import method_class
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lambda_decays_per_epoch_as_the_official_code() -> None:
+    values = [lambda_at(0.5, "epoch", e, 10, step=0, total_steps=1) for e in range(10)]
+    assert values == pytest.approx([0.45, 0.40, 0.35, 0.30, 0.25, 0.20, 0.15, 0.10, 0.05, 0.0])
+    assert lambda_at(0.5, "step", 3, 10, step=25, total_steps=100) == pytest.approx(0.375)
+    assert lambda_at(0.5, "none", 9, 10, step=99, total_steps=100) == 0.5
+
+
+def test_warmup_then_cosine_to_zero() -> None:
+    factor = warmup_cosine(warmup_steps=4, total_steps=14)
+    assert [factor(t) for t in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(9) == pytest.approx(0.5)
+    assert factor(14) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_samples_are_a_function_of_seed_epoch_and_index() -> None:
+    source = build_dataset("synthetic", None, "train:8")
+    transform = create_clip("TinyCLIP-test", None).preprocess_train
+    samples = TrainingSamples(source, transform, seed=3, num_descriptors=58)
+    first, again = samples[(1, 5)], samples[(1, 5)]
+    assert torch.equal(first["image"], again["image"]) and first["descriptor_index"] == again["descriptor_index"]
+    draws = {samples[(epoch, 5)]["descriptor_index"] for epoch in range(40)}
+    assert len(draws) > 10 and all(0 <= d < 58 for d in draws)  # uniform redraw per load
+    order = list(EpochSampler(8, seed=3, epoch=2))
+    assert sorted(i for _, i in order) == list(range(8)) and list(EpochSampler(8, 3, 2, start=5)) == order[5:]
+
+
+def test_run_directory_contract(tmp_path: Path) -> None:
+    config = tiny_config("starft", spurious__suffix="none")
+    best = train(config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert best == run / "best.pt" and (run / "ckpt" / "last.pt").is_file()
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["model"] == {"name": "TinyCLIP-test", "pretrained": "none"} and run_json["total_steps"] == 4
+    assert run_json["config"]["method"] == "starft" and run_json["code_version"].startswith("stages@")
+    records = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"loss", "loss_clip", "lr", "lam", "samples_per_s"} <= records[0].keys()
+    assert [r["lam"] for r in records] == [0.5, 0.5, 0.0, 0.0]  # λ=1, E=2: λ_0 = 0.5, λ_1 = 0
+    assert "loss_star" in records[0] and "loss_star" not in records[-1]
+    payload = torch.load(best, weights_only=True)
+    assert payload["step"] == 4 and payload["head"] is None and payload["method"] == "starft"
+    mtime = best.stat().st_mtime_ns
+    train(config, run)  # a finished run is not redone
+    assert best.stat().st_mtime_ns == mtime
+
+
+def test_zeroshot_run_saves_the_pretrained_weights_unchanged(tmp_path: Path) -> None:
+    config = tiny_config("zeroshot", model__pretrained=str(tmp_path / "init.pt"))
+    torch.manual_seed(11)
+    torch.save(create_clip("TinyCLIP-test", None).model.state_dict(), tmp_path / "init.pt")
+    train(config, tmp_path / "run")
+    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    original = torch.load(tmp_path / "init.pt", weights_only=True)
+    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+    assert not (tmp_path / "run" / "train_log.jsonl").exists()
+
+
+@pytest.mark.parametrize("method,overrides", [
+    ("starft", {"spurious__bank": str(REPO / "descriptor_banks" / "official-code.json")}),
+    ("ft", {}),
+    ("carot", {"options__carot_ema_every": 1}),
+], ids=["starft", "ft", "carot-ema"])
+def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+                                          overrides: dict) -> None:
+    config = tiny_config(method, checkpoint_every=1, **overrides)  # 2 epochs x 2 steps
+    train(config, tmp_path / "straight")
+
+    # Same run, killed during step 3 (after the checkpoint at the end of epoch 0), then resumed.
+    cls = method_class(config.method)
+    original_step = method_class.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, batch, lam):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original_step(self, batch, lam)
+
+    monkeypatch.setattr(cls, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "best.pt").exists()
+    monkeypatch.setattr(cls, "training_step", original_step)
+    train(config, tmp_path / "resumed")
+
+    straight = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    if straight["head"] is not None:
+        assert torch.equal(straight["head"]["weight"], resumed["head"]["weight"])
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+              for run in ("straight", "resumed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_best_checkpoint_by_id_validation(tmp_path: Path) -> None:
+    config = tiny_config("flyp", select="val", data__val_split="val:16")
+    train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_top1" in r]
+    assert [r["epoch"] for r in val] == [0, 1]
+    best_epoch_step = max(val, key=lambda r: r["val_top1"])["step"]  # first maximum wins ties
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["step"] == best_epoch_step
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.training", *args], cwd=cwd, capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_trains_and_reports_bad_config_fields(tmp_path: Path) -> None:
+    config = tiny_config("flyp").model_dump(mode="json")
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(config))
+    done = _cli("--config", str(tmp_path / "ok.yaml"), "--out", str(tmp_path / "run"), "--set", "optim.epochs=1")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["optim"]["epochs"] == 1
+
+    config["optim"]["learning_rate"] = 1e-5  # a typo: must be rejected, not ignored
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    failed = _cli("--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad"))
+    assert failed.returncode == 2 and "optim.learning_rate" in failed.stderr
+
+    missing_bank = _cli("--config", str(tmp_path / "ok.yaml"), "--out", str(tmp_path / "nobank"),
+                        "--set", "method=starft", "--set", "spurious.bank=nowhere.json")
+    assert missing_bank.returncode == 2 and "nowhere.json" in missing_bank.stderr
+
+
+def test_default_run_dir_spells_every_knob() -> None:
+    config = tiny_config("starft", lam=0.5, seed=2)
+    assert config.run_dir() == Path(
+        "results/runs/TinyCLIP-test-none/synthetic/starft/suffix-spurious_mask-on_decay-epoch/"
+        "official-code-background/lam0.5/seed2")
+    assert tiny_config("flyp").run_dir() == Path("results/runs/TinyCLIP-test-none/synthetic/flyp/-/-/-/seed0")
+
+
+def test_starft_single_epoch_with_epoch_decay_warns() -> None:
+    with pytest.warns(UserWarning, match="no Star term"):
+        tiny_config("starft", optim__epochs=1)
