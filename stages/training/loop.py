@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import time
@@ -33,6 +34,7 @@ from stages.descriptors.bank import load_bank
 from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from stages.models.factory import create_clip
 from stages.training.checkpoint import BEST, LAST
+from stages.training.distributed import DistInfo, average_gradients, init_distributed
 from stages.training.methods import Method, MethodContext, build_method
 
 BEST_VAL = Path("ckpt") / "best_val.pt"
@@ -64,17 +66,23 @@ class TrainingSamples(Dataset):
 
 
 class EpochSampler(Sampler):
-    """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys."""
+    """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys.
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0) -> None:
+    With W ranks, rank r takes every W-th key from r on, so the r-th shards of the k-th
+    micro-batches of all ranks together are exactly the k-th global batch.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return max(0, self.size - self.start)
+        return len(range(self.start + self.rank, self.size, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))  # a key no sample index uses
-        order = torch.randperm(self.size, generator=generator)[self.start:]
+        # 2**32 - 1 is a key no sample index uses.
+        generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))
+        order = torch.randperm(self.size, generator=generator)[self.start + self.rank::self.world_size]
         return ((self.epoch, int(index)) for index in order)
 
 
@@ -108,9 +116,9 @@ def _code_version() -> str:
         return "stages@unknown"
 
 
-def _resolve_device(config: TrainConfig) -> torch.device:
+def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(config.device)
 
 
@@ -147,12 +155,17 @@ def _validate(method: Method, loader: DataLoader, device: torch.device) -> float
 
 
 def train(config: TrainConfig, run_dir: Path) -> Path:
-    """Run (or resume, or skip if finished) one training run into `run_dir`; return the best.pt path."""
+    """Run (or resume, or skip if finished) one training run into `run_dir`; return the best.pt path.
+
+    Under torchrun every rank runs this function on its shard of each global batch; only rank 0
+    writes files.
+    """
     run_dir = Path(run_dir)
     if (run_dir / BEST).is_file():
         print(f"{run_dir / BEST} exists: run already finished, nothing to do")
         return run_dir / BEST
-    device = _resolve_device(config)
+    dist_info = init_distributed()
+    device = _resolve_device(config, dist_info)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -165,7 +178,10 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         bank = load_bank(config.spurious.bank)
         bank_sha256, descriptors = bank.sha256, bank.descriptors(config.spurious.concept)
     optim = config.optim
-    micro_batch = math.ceil(optim.batch_size / optim.accum_steps)
+    if optim.batch_size % (optim.accum_steps * dist_info.world_size):
+        raise ValueError(f"optim.batch_size {optim.batch_size} must be divisible by accum_steps x world size "
+                         f"({optim.accum_steps} x {dist_info.world_size})")
+    micro_batch = optim.batch_size // (optim.accum_steps * dist_info.world_size)
     steps_per_epoch = math.ceil(len(train_source) / optim.batch_size)
     if optim.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, optim.max_steps_per_epoch)
@@ -179,17 +195,21 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         val_loader = DataLoader(ImageDataset(val_source, bundle.preprocess_val), batch_size=micro_batch,
                                 num_workers=config.data.workers)
 
+    writes = dist_info.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "run.json", {
+    run_record = {
         "config": config.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
         "method": config.method, "code_version": _code_version(), "bank_sha256": bank_sha256,
         "num_descriptors": len(descriptors) if bank_sha256 else 0, "classnames": train_source.classnames,
         "train_size": len(train_source), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-        "device": str(device),
-    })
+        "device": str(device), "world_size": dist_info.world_size,
+    }
+    if writes:
+        atomic_write_json(run_dir / "run.json", run_record)
 
     if not method.trains:  # zeroshot: the pretrained weights are the result
-        atomic_torch_save(run_dir / BEST, _weights_payload(method, config, 0))
+        if writes:
+            atomic_torch_save(run_dir / BEST, _weights_payload(method, config, 0))
         return run_dir / BEST
 
     # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
@@ -214,11 +234,13 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         print(f"resuming {run_dir} from step {step}/{total_steps}")
     # Drop log lines written after the checkpoint we resume from (they will be redone).
     log_path = run_dir / LOG
-    if log_path.is_file():
+    if writes and log_path.is_file():
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
         atomic_write_text(log_path, "".join(line + "\n" for line in kept))
 
     def save_last() -> None:
+        if not writes:
+            return
         payload = _weights_payload(method, config, step)
         payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
                        teacher=method.teacher_state(), rng=_rng_states())
@@ -226,11 +248,13 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- the loop ----------------------------------------------------------------------------
     method.train()
-    progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} {run_dir.name}", unit="step")
-    with open(log_path, "a", encoding="utf-8") as log:
+    progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} {run_dir.name}", unit="step",
+                    disable=not writes)
+    with open(log_path if writes else os.devnull, "a", encoding="utf-8") as log:
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
-            sampler = EpochSampler(len(samples), config.seed, epoch, start=step_in_epoch * optim.batch_size)
+            sampler = EpochSampler(len(samples), config.seed, epoch, start=step_in_epoch * optim.batch_size,
+                                   rank=dist_info.rank, world_size=dist_info.world_size)
             loader = DataLoader(samples, batch_size=micro_batch, sampler=sampler, num_workers=config.data.workers,
                                 pin_memory=device.type == "cuda")
             micro_batches = iter(loader)
@@ -250,6 +274,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                     loss.backward()
                     for name, value in terms.items():
                         totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(group)
+                average_gradients(method.trainable_parameters())
                 if optim.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
                 optimizer.step()
@@ -260,7 +285,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 seconds = time.perf_counter() - started
                 record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "loss": sum(totals.values()),
                           **{f"loss_{name}": value for name, value in totals.items()},
-                          "samples_per_s": sum(len(b["label"]) for b in group) / seconds}
+                          "samples_per_s": dist_info.world_size * sum(len(b["label"]) for b in group) / seconds}
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 progress.update()
@@ -274,7 +299,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 log.flush()
                 if top1 > best_val:
                     best_val = top1
-                    atomic_torch_save(run_dir / BEST_VAL, _weights_payload(method, config, step))
+                    if writes:
+                        atomic_torch_save(run_dir / BEST_VAL, _weights_payload(method, config, step))
             save_last()
     progress.close()
 
@@ -282,5 +308,6 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         payload = torch.load(run_dir / BEST_VAL, map_location="cpu", weights_only=True)
     else:
         payload = _weights_payload(method, config, step)
-    atomic_torch_save(run_dir / BEST, payload)  # written last: its presence means the run is complete
+    if writes:
+        atomic_torch_save(run_dir / BEST, payload)  # written last: its presence means the run is complete
     return run_dir / BEST

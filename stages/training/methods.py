@@ -30,6 +30,7 @@ from stages.models.factory import ClipBundle
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed
 from stages.models.zeroshot import build_zeroshot_weights
+from stages.training.distributed import gather_batch
 from stages.training.losses import (
     ClipLoss,
     ContextKLLoss,
@@ -164,7 +165,8 @@ class Flyp(Method):
 
     def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
         image_features, text_features = self._clip_features(batch["image"], batch["label"])
-        return {"clip": self.clip_loss(image_features, text_features, self.student.logit_scale.exp())}
+        return {"clip": self.clip_loss(gather_batch(image_features), gather_batch(text_features),
+                                       self.student.logit_scale.exp())}
 
 
 class _HeadMethod(Method):
@@ -300,6 +302,8 @@ class CaRot(Method):
         cross, orthogonality = self.penalties(
             self._projection(self.student.visual.proj), self._projection(self.student.text_projection)
         )
+        image_features, text_features = gather_batch(image_features), gather_batch(text_features)
+        teacher_image, teacher_text = gather_batch(teacher_image), gather_batch(teacher_text)
         return {
             "clip": self.clip_loss(image_features, text_features, student_scale),
             "distill": options.carot_distill * self.distill_loss(
@@ -397,14 +401,16 @@ class StarFT(Method):
                                 F.pad(spurious_tokens, (0, width - spurious_tokens.shape[1]))])
         text_features = _unit(encode_text_trimmed(self.student, all_tokens))
         clean_text, spurious_text = text_features[: len(labels)], text_features[len(labels):]
-        image_features = _unit(self.student.encode_image(images))
+        image_features = gather_batch(_unit(self.student.encode_image(images)))
+        clean_text, spurious_text = gather_batch(clean_text), gather_batch(spurious_text)
         terms = {"clip": self.clip_loss(image_features, clean_text, self.student.logit_scale.exp())}
         if lam > 0:
             with torch.inference_mode():
-                teacher_image = _unit(self.teacher.encode_image(images)).float()
+                teacher_image = _unit(self.teacher.encode_image(images))
             # Leave inference mode's tensors behind: only ordinary tensors may meet autograd.
             terms["star"] = lam * self.star_loss(
-                teacher_image.clone(), teacher_text, image_features, spurious_text, labels, self.zeroshot_scale
+                gather_batch(teacher_image.clone()), gather_batch(teacher_text), image_features, spurious_text,
+                gather_batch(labels), self.zeroshot_scale,
             )
         return terms
 

@@ -1,0 +1,90 @@
+"""Two gloo processes on CPU reproduce the single-process loss and gradients of the global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import tiny_config
+from stages.data.source import build_dataset, load_image
+from stages.models import create_clip
+from stages.training.distributed import average_gradients
+from stages.training.methods import MethodContext, build_method
+
+DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _step(method_name: str, rank: int, world_size: int) -> tuple[float, list[torch.Tensor]]:
+    """One training step of `method_name` on this rank's shard of a fixed 8-sample global batch."""
+    torch.manual_seed(0)
+    config = tiny_config(method_name)
+    bundle = create_clip("TinyCLIP-test", None)
+    source = build_dataset("synthetic", None, "train:8")
+    method = build_method(method_name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=4))
+    method.double()  # float64 so that only the gather itself, not rounding, could make a difference
+    images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
+    batch = {"image": images, "label": torch.tensor(source.labels), "descriptor_index": torch.arange(8) % 3}
+    shard = {key: value[rank::world_size] for key, value in batch.items()}
+    terms = method.training_step(shard, lam=0.8)
+    loss = sum(terms.values())
+    loss.backward()
+    params = method.trainable_parameters()
+    average_gradients(params)
+    return float(loss.detach()), [p.grad.clone() for p in params]
+
+
+def _worker(rank: int, world_size: int, method_name: str, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    loss, grads = _step(method_name, rank, world_size)
+    torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method_name", ["starft", "flyp", "carot"])
+def test_two_ranks_equal_one_process(tmp_path: Path, method_name: str) -> None:
+    single_loss, single_grads = _step(method_name, rank=0, world_size=1)
+    mp.spawn(_worker, args=(2, method_name, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["loss"] == pytest.approx(single_loss, rel=1e-12)
+        for got, want in zip(result["grads"], single_grads):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_training_cli_under_torchrun(tmp_path: Path) -> None:
+    config = tiny_config("starft", spurious__decay="step", optim__epochs=1).model_dump(mode="json")
+    config["spurious"]["bank"] = str(REPO / "descriptor_banks" / "official-code.json")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "stages.training", "--config", str(tmp_path / "cfg.yaml"),
+                             "--out", str(tmp_path / "single")], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(_free_port()), "-m", "stages.training", "--config", str(tmp_path / "cfg.yaml"),
+                             "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr
+    logs = [[json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+            for run in ("single", "ddp")]
+    assert len(logs[0]) == len(logs[1]) == 2
+    # Step 1 runs on identical weights: the global-batch loss must agree.
+    assert logs[1][0]["loss"] == pytest.approx(logs[0][0]["loss"], rel=1e-5)
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+    assert (tmp_path / "ddp" / "best.pt").is_file()
