@@ -90,7 +90,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.Mo
 
     # Same run, killed during step 3 (after the checkpoint at the end of epoch 0), then resumed.
     cls = method_class(config.method)
-    original_step = method_class.training_step
+    original_step = cls.training_step
     calls = {"n": 0}
 
     def dying_step(self, batch, lam):

@@ -1,0 +1,1 @@
+"""Stage 3a: benchmarks -> metrics JSON (zero-shot heads, metrics, benchmark table, CLI)."""

@@ -1,0 +1,82 @@
+"""Metrics as pure functions of predictions, labels and groups (all results are fractions in [0, 1]).
+
+- top-1: mean(pred == label); over a partition into groups this is also the sample-weighted
+  average of the group accuracies.
+- per-group accuracy over the non-empty groups; worst-group = their minimum; mean-group = their
+  unweighted mean.
+- macro-F1 as WILDS/sklearn ``f1_score(average="macro", labels=unique(y_true))``: the mean F1 over
+  the classes present in the labels (a class that is only predicted adds false positives to none).
+- worst-region (FMoW): worst-group over the regions, ``Other`` excluded, as WILDS does.
+- OOD average: the paper's "Avg." = mean top-1 of IN-V2, IN-R, IN-A and IN-Sketch.
+- projection (IN-R / IN-A): keep the 1000-way logits' columns of the 200-class sub-list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+OOD_BENCHMARKS = ("imagenetv2", "imagenet-r", "imagenet-a", "imagenet-sketch")
+
+
+def top1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct predictions."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if len(labels) == 0:
+        raise ValueError("top-1 of zero samples is undefined")
+    return float(np.mean(predictions == labels))
+
+
+def group_accuracies(
+    predictions: np.ndarray, labels: np.ndarray, groups: np.ndarray, group_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """``[{group, n, top1}]`` for every non-empty group, in group-id order."""
+    predictions, labels, groups = np.asarray(predictions), np.asarray(labels), np.asarray(groups)
+    table = []
+    for group_id, name in enumerate(group_names):
+        members = groups == group_id
+        if members.any():
+            table.append({"group": name, "n": int(members.sum()), "top1": top1(predictions[members], labels[members])})
+    return table
+
+
+def worst_group(table: Sequence[Mapping[str, Any]], exclude: Sequence[str] = ()) -> float:
+    """Minimum accuracy over the groups of `table` (from ``group_accuracies``) not named in `exclude`."""
+    kept = [row["top1"] for row in table if row["group"] not in exclude]
+    if not kept:
+        raise ValueError("worst-group accuracy needs at least one non-empty group")
+    return float(min(kept))
+
+
+def mean_group(table: Sequence[Mapping[str, Any]]) -> float:
+    """Unweighted mean of the group accuracies."""
+    return float(np.mean([row["top1"] for row in table]))
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Macro-F1 over the classes present in `labels` (WILDS ``F1-macro_all``)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    scores = []
+    for cls in np.unique(labels):
+        true_positive = np.sum((predictions == cls) & (labels == cls))
+        predicted, actual = np.sum(predictions == cls), np.sum(labels == cls)
+        scores.append(0.0 if true_positive == 0 else 2.0 * true_positive / (predicted + actual))
+    return float(np.mean(scores))
+
+
+def ood_average(top1_by_benchmark: Mapping[str, float]) -> float:
+    """The paper's OOD "Avg.": mean top-1 over IN-V2, IN-R, IN-A and IN-Sketch (all four required)."""
+    missing = [name for name in OOD_BENCHMARKS if name not in top1_by_benchmark]
+    if missing:
+        raise ValueError(f"OOD average needs {', '.join(OOD_BENCHMARKS)}; missing {', '.join(missing)}")
+    return float(np.mean([top1_by_benchmark[name] for name in OOD_BENCHMARKS]))
+
+
+def project_logits(logits: torch.Tensor, class_indices: Sequence[int] | None) -> torch.Tensor:
+    """Keep the columns `class_indices` of `logits` (IN-R/IN-A: 1000-way -> 200-way); None keeps all."""
+    if class_indices is None:
+        return logits
+    return logits[:, torch.as_tensor(class_indices, device=logits.device)]

@@ -1,0 +1,242 @@
+"""Evaluation: known-answer metrics, projection, template heads, head cache, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fakes
+from stages.data.source import build_dataset, load_image
+from stages.evaluation import metrics
+from stages.evaluation.benchmarks import get_benchmark, score
+from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, main
+from stages.evaluation.zeroshot import HeadCache, text_head
+from stages.io import atomic_torch_save, atomic_write_json
+from stages.models.factory import create_clip
+
+TINY = "TinyCLIP-test"
+
+
+# --- metrics on hand-made predictions ------------------------------------------------------------------
+
+def _plain_group_accuracies(predictions: list[int], labels: list[int], groups: list[int]) -> dict[int, float]:
+    correct: dict[int, int] = {}
+    total: dict[int, int] = {}
+    for p, y, g in zip(predictions, labels, groups):
+        total[g] = total.get(g, 0) + 1
+        correct[g] = correct.get(g, 0) + (p == y)
+    return {g: correct[g] / total[g] for g in total}
+
+
+def test_worst_group_mean_group_and_top1_known_answer() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    predictions = [0, 0, 0, 1, 1, 0, 1, 1, 1, 0]
+    groups = [0, 0, 0, 1, 2, 2, 3, 3, 3, 3]  # accuracies 1, 0, 1/2, 3/4
+    table = metrics.group_accuracies(np.array(predictions), np.array(labels), np.array(groups), ["a", "b", "c", "d", "empty"])
+    plain = _plain_group_accuracies(predictions, labels, groups)
+    assert [row["group"] for row in table] == ["a", "b", "c", "d"] and [row["n"] for row in table] == [3, 1, 2, 4]
+    assert [row["top1"] for row in table] == [plain[g] for g in range(4)] == [1.0, 0.0, 0.5, 0.75]
+    assert metrics.worst_group(table) == min(plain.values()) == 0.0
+    assert metrics.mean_group(table) == pytest.approx(sum(plain.values()) / 4) == pytest.approx(0.5625)
+    # top-1 is the sample-weighted average of the group accuracies.
+    weighted = sum(row["n"] * row["top1"] for row in table) / len(labels)
+    assert metrics.top1(np.array(predictions), np.array(labels)) == pytest.approx(weighted) == pytest.approx(0.7)
+
+
+def test_macro_f1_known_answer_counts_only_classes_present() -> None:
+    labels = [0, 0, 0, 1, 1, 2]
+    predictions = [0, 0, 1, 1, 3, 2]  # class 3 is only predicted
+    # plain: per present class, F1 = 2 P R / (P + R)
+    scores = []
+    for cls in sorted(set(labels)):
+        tp = sum(p == cls and y == cls for p, y in zip(predictions, labels))
+        precision = tp / max(1, sum(p == cls for p in predictions))
+        recall = tp / sum(y == cls for y in labels)
+        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    assert metrics.macro_f1(np.array(predictions), np.array(labels)) == pytest.approx(sum(scores) / len(scores))
+    assert metrics.macro_f1(np.array(predictions), np.array(labels)) == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+
+
+def test_worst_region_excludes_other() -> None:
+    fmow = get_benchmark("fmow-ood")
+    source = build_dataset("synthetic", None, "test:6")
+    source.labels = [0, 0, 1, 1, 2, 2]
+    source.groups, source.group_names = [0, 0, 1, 1, 5, 5], ["Asia", "Europe", "Africa", "Americas", "Oceania", "Other"]
+    results, table = score(fmow, source, np.array([0, 1, 1, 1, 0, 0]))
+    assert [row["group"] for row in table] == ["Asia", "Europe", "Other"]
+    assert results["worst_region"] == 0.5 and results["top1"] == pytest.approx(0.5)
+
+
+def test_ood_average_is_the_mean_of_the_four_shifts() -> None:
+    values = {"imagenet": 0.9, "imagenetv2": 0.6, "imagenet-r": 0.7, "imagenet-a": 0.5, "imagenet-sketch": 0.4}
+    assert metrics.ood_average(values) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="imagenet-a"):
+        metrics.ood_average({k: v for k, v in values.items() if k != "imagenet-a"})
+
+
+def test_projection_scores_the_sublist_columns_only() -> None:
+    subset = [1, 2, 4]
+    logits = torch.zeros(2, 1000)
+    logits[0, 0] = 9.0  # tench: outside the sub-list, must not win
+    logits[0, 4] = 1.0
+    logits[1, 2] = 3.0
+    projected = metrics.project_logits(logits, subset)
+    assert projected.shape == (2, 3) and projected.argmax(1).tolist() == [2, 1]
+    assert metrics.project_logits(logits, None) is logits
+
+
+# --- zero-shot heads ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny() -> EvalModel:
+    return load_pretrained(TINY, "none")
+
+
+def test_head_from_templates_equals_a_plain_float64_computation(tiny: EvalModel) -> None:
+    model, tokenizer = tiny.bundle.model, tiny.bundle.tokenizer
+    names, templates = ["elephant", "dog", "owl"], ["{a} {c}.", "a photo of the {c}."]
+    head = text_head(model, tokenizer, names, templates)
+    expected = []
+    with torch.no_grad():
+        for name in names:
+            article = "an" if name[0] in "aeiou" else "a"
+            rows = []
+            for template in templates:
+                text = template.replace("{a}", article).replace("{c}", name)
+                rows.append(model.encode_text(tokenizer([text])).double()[0])
+            rows = [row / row.norm() for row in rows]
+            mean = sum(rows) / len(rows)
+            expected.append(mean / mean.norm())
+    torch.testing.assert_close(head.double(), torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_head_cache_reuses_disk_heads_and_keys_on_the_text_state(tiny: EvalModel, tmp_path: Path) -> None:
+    model, tokenizer = tiny.bundle.model, tiny.bundle.tokenizer
+    first = HeadCache(tmp_path).get(model, tokenizer, ["cat", "dog"], ["a {c}."])
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    torch.testing.assert_close(HeadCache(tmp_path).get(model, tokenizer, ["cat", "dog"], ["a {c}."]), first)
+    other = create_clip(TINY, "none").model  # different random text tower
+    HeadCache(tmp_path).get(other, tokenizer, ["cat", "dog"], ["a {c}."])
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+# --- end to end -------------------------------------------------------------------------------------------
+
+def _reference_top1(tiny: EvalModel, root: Path) -> tuple[float, list[int]]:
+    """Waterbirds test accuracy computed image by image, with the Table 14 prompt."""
+    source = build_dataset("waterbirds", root, "test")
+    head = text_head(tiny.bundle.model, tiny.bundle.tokenizer, source.classnames, ["This is a picture of a {c}."])
+    predictions = []
+    with torch.no_grad():
+        for path in source.images:
+            feature = tiny.bundle.model.encode_image(tiny.bundle.preprocess_val(load_image(path))[None])
+            predictions.append(int((F.normalize(feature, dim=-1) @ head.T).argmax()))
+    return float(np.mean(np.array(predictions) == np.array(source.labels))), predictions
+
+
+def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) -> None:
+    fakes.waterbirds(tmp_path / "data")
+    out = tmp_path / "m.json"
+    assert main(["--benchmark", "waterbirds", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                 "--model", TINY, "--pretrained", "none", "--batch-size", "3", "--workers", "0", "--device", "cpu"]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"benchmark", "model", "n", "metrics", "groups", "images_per_s"}
+    assert payload["benchmark"] == "waterbirds" and payload["n"] == 8 and payload["images_per_s"] > 0
+    assert payload["model"] | {"head": None} == {"name": TINY, "pretrained": "none", "run_dir": None, "checkpoint": None,
+                                                "checkpoint_sha256": None, "alpha": None, "head": None}
+    assert payload["model"]["head"] == "text"
+    assert set(payload["metrics"]) == {"top1", "worst_group", "mean_group"}
+    assert all(0.0 <= value <= 1.0 for value in payload["metrics"].values())
+    assert [row["group"] for row in payload["groups"]] == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
+    expected_top1, _ = _reference_top1(tiny, tmp_path / "data")
+    assert payload["metrics"]["top1"] == pytest.approx(expected_top1)
+    assert payload["metrics"]["worst_group"] == min(row["top1"] for row in payload["groups"])
+
+
+def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | None = None) -> None:
+    """A run dir in the training stage's format: a perturbed TinyCLIP-test and optionally a head."""
+    torch.manual_seed(0)
+    bundle = create_clip(TINY, "none")
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in bundle.model.state_dict().items()}
+    head = None
+    if head_classes is not None:
+        weight = torch.randn(head_rows or len(head_classes), int(bundle.model.text_projection.shape[1]))
+        head = {"weight": weight, "classnames": head_classes}
+    atomic_torch_save(run_dir / "best.pt", {"state_dict": state, "head": head, "model_name": TINY, "pretrained": "none",
+                                            "method": "ft", "step": 3})
+    atomic_write_json(run_dir / "run.json", {"model": {"name": TINY, "pretrained": "none"}, "method": "ft",
+                                             "config": {"data": {"head_templates": ["a photo of a {c}."]}}})
+
+
+def _run_cli(tmp_path: Path, run_dir: Path, benchmark: str, *extra: str) -> dict:
+    out = tmp_path / f"{benchmark}{'-'.join(extra)}.json"
+    code = main(["--benchmark", benchmark, "--data-root", str(tmp_path / "data"), "--out", str(out), "--run-dir",
+                 str(run_dir), "--workers", "0", "--device", "cpu", *extra])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_cli_run_dir_uses_the_trained_head_for_its_classes_and_text_for_new_ones(tmp_path: Path) -> None:
+    fakes.waterbirds(tmp_path / "data", per_group=1)
+    fakes.pacs(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    _fake_run(run_dir, ["landbird", "waterbird"])
+    trained = _run_cli(tmp_path, run_dir, "waterbirds")
+    assert trained["model"]["head"] == "trained" and trained["model"]["run_dir"] == str(run_dir)
+    assert len(trained["model"]["checkpoint_sha256"]) == 64 and trained["n"] == 4
+    assert _run_cli(tmp_path, run_dir, "pacs")["model"]["head"] == "text"
+    assert list((run_dir / "eval" / "heads").glob("*.pt"))  # the text head was cached in the run dir
+    wise = _run_cli(tmp_path, run_dir, "waterbirds", "--alpha", "0.5")
+    assert wise["model"]["alpha"] == 0.5 and wise["model"]["head"] == "trained"
+
+
+def test_wise_ft_alpha_zero_is_the_zero_shot_model(tiny: EvalModel, tmp_path: Path) -> None:
+    fakes.waterbirds(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    _fake_run(run_dir, None)
+    payload = _run_cli(tmp_path, run_dir, "waterbirds", "--alpha", "0")
+    assert payload["metrics"]["top1"] == pytest.approx(_reference_top1(tiny, tmp_path / "data")[0])
+
+
+def test_class_count_mismatch_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fakes.waterbirds(tmp_path / "data", per_group=1)
+    run_dir = tmp_path / "run"
+    _fake_run(run_dir, ["landbird", "waterbird"], head_rows=3)
+    code = main(["--benchmark", "waterbirds", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "x.json"),
+                 "--run-dir", str(run_dir), "--workers", "0"])
+    assert code == 2 and "the head has 3 classes" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+class _RecordingCache(HeadCache):
+    """Returns a zero head of the right shape instead of encoding 1000 x 80 prompts (slow on CPU)."""
+
+    def get(self, model: torch.nn.Module, tokenizer: object, classnames: list[str], templates: list[str]) -> torch.Tensor:
+        self.requested = (len(classnames), len(templates))
+        return torch.zeros(len(classnames), 8)
+
+
+def test_projected_benchmark_checks_the_head_against_1000_classes(tiny: EvalModel, tmp_path: Path) -> None:
+    fakes.imagenet_subset(tmp_path, "imagenet-a", [3])
+    bench, source = get_benchmark("imagenet-a"), build_dataset("imagenet-a", tmp_path, "test")
+    with pytest.raises(EvaluationError, match="1000 head classes"):
+        classifier(bench, source, EvalModel(tiny.bundle, torch.randn(999, 8), bench.head_classes(source), tiny.identity),
+                   HeadCache())
+    trained = EvalModel(tiny.bundle, torch.randn(1000, 8), bench.head_classes(source), tiny.identity)
+    assert classifier(bench, source, trained, HeadCache())[1] == "trained"
+    cache = _RecordingCache()
+    two_hundred_way = EvalModel(tiny.bundle, torch.randn(200, 8), source.classnames, tiny.identity)
+    weight, kind = classifier(bench, source, two_hundred_way, cache)  # not the benchmark's head classes: text tower
+    assert kind == "text" and weight.shape[0] == 1000 and cache.requested == (1000, 80)
+
+
+def test_cli_missing_data_root_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--benchmark", "imagenet-r", "--data-root", str(tmp_path), "--out", str(tmp_path / "m.json"),
+                 "--model", TINY, "--pretrained", "none", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "imagenet-r" in err and "Expected layout" in err and "hendrycks" in err
