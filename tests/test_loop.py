@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import fakes
 from conftest import tiny_config
 from stages.data.source import build_dataset
 from stages.models import create_clip
@@ -161,3 +162,15 @@ def test_default_run_dir_spells_every_knob() -> None:
 def test_starft_single_epoch_with_epoch_decay_warns() -> None:
     with pytest.warns(UserWarning, match="no Star term"):
         tiny_config("starft", optim__epochs=1)
+
+
+def test_trains_on_the_imagenet_train_layout(tmp_path: Path) -> None:
+    """wnid folders under <data_root>/imagenet/train -> 1000 OpenAI class names, sorted-wnid labels."""
+    fakes.imagenet(tmp_path / "data", "train", indices=[0, 1, 207, 999])  # two images per class
+    config = tiny_config("flyp", data__train_set="imagenet", data__data_root=str(tmp_path / "data"),
+                         data__train_split="train", optim__epochs=1, optim__max_steps_per_epoch=1)
+    train(config, tmp_path / "run")
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_json["train_size"] == 8 and len(run_json["classnames"]) == 1000
+    assert run_json["classnames"][207] == "Golden Retriever"  # the OpenAI CLIP class names
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["step"] == 1
