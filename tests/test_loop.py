@@ -174,3 +174,16 @@ def test_trains_on_the_imagenet_train_layout(tmp_path: Path) -> None:
     assert run_json["train_size"] == 8 and len(run_json["classnames"]) == 1000
     assert run_json["classnames"][207] == "Golden Retriever"  # the OpenAI CLIP class names
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["step"] == 1
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path) -> None:
+    first = tiny_config("flyp", optim__epochs=1)
+    train(first, tmp_path / "run")
+    (tmp_path / "run" / "best.pt").unlink()  # pretend it never finished, leaving ckpt/last.pt behind
+    changed = tiny_config("flyp", optim__epochs=1, optim__lr=5e-4)
+    train(changed, tmp_path / "run")
+    train(changed, tmp_path / "fresh")
+    ours = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    fresh = torch.load(tmp_path / "fresh" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(ours[k], fresh[k]) for k in ours)
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 2

@@ -220,8 +220,12 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
-    if (run_dir / LAST).is_file():
-        state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False) if (run_dir / LAST).is_file() else None
+    if state is not None and state.get("config") != run_record["config"]:
+        # Resuming someone else's optimiser state would silently mix two runs.
+        print(f"{run_dir / LAST} was written by a different config: starting this run from scratch")
+        state = None
+    if state is not None:
         method.student.load_state_dict(state["state_dict"])
         if state["head"] is not None:
             method.head.data.copy_(state["head"]["weight"])
@@ -243,7 +247,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             return
         payload = _weights_payload(method, config, step)
         payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
-                       teacher=method.teacher_state(), rng=_rng_states())
+                       teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"])
         atomic_torch_save(run_dir / LAST, payload)
 
     # --- the loop ----------------------------------------------------------------------------
