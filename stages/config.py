@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 METHODS = ("zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft")
 CONCEPTS = ("background", "texture", "resolution", "all")
+Method = Literal["zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"]
+Concept = Literal["background", "texture", "resolution", "all"]
 
 
 class ConfigError(ValueError):
@@ -51,7 +53,7 @@ class SpuriousConfig(Strict):
     """StarFT's spurious captions and the Table 6/7/9 switches."""
 
     bank: Path = Path("descriptor_banks/official-code.json")
-    concept: Literal["background", "texture", "resolution", "all"] = "background"
+    concept: Concept = "background"
     suffix: Literal["spurious", "random", "none"] = Field(
         "spurious", description="spurious: bank descriptors; random: 3-8 random vocabulary words; none: clean captions"
     )
@@ -95,7 +97,7 @@ class TrainConfig(Strict):
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    method: Literal["zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"] = "starft"
+    method: Method = "starft"
     lam: float = Field(0.5, ge=0, description="λ of the Star term (Eq. 4)")
     spurious: SpuriousConfig = SpuriousConfig()
     optim: OptimConfig = OptimConfig()
@@ -151,5 +153,215 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{path}: invalid training config: {problems}") from error
+        raise ConfigError(f"{path}: invalid training config: {validation_message(error)}") from error
+
+
+# --------------------------------------------------------------------------------------------
+# Workflow level: the grid snakemake expands (config/config.yaml, config/paper.yaml)
+# --------------------------------------------------------------------------------------------
+
+Metric = Literal["top1", "worst_group", "mean_group", "macro_f1", "worst_region"]
+RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class TrainSetSpec(Strict):
+    """Per-dataset hyper-parameters (Appendix B / Table 13) of fine-tuning on one registered dataset."""
+
+    train_split: str = "train"
+    val_split: str | None = Field(None, description="ID validation split (needed by select: val)")
+    select: Literal["last", "val"] = "last"
+    caption_template: str = "a photo of a {c}."
+    head_templates: list[str] | None = None
+    lam: float = Field(0.1, ge=0, description="StarFT's λ for this dataset unless a table sweeps λ")
+    optim: OptimConfig = OptimConfig()
+
+
+class BankSpec(Strict):
+    """A descriptor bank: its file and the label reports print for it (e.g. ``GPT-3.5``)."""
+
+    path: Path
+    label: str | None = None
+
+
+class VariantSpec(Strict):
+    """The Table 6 switches of a StarFT run (see ``SpuriousConfig``)."""
+
+    suffix: Literal["spurious", "random", "none"] = "spurious"
+    mask: bool = True
+    decay: Literal["epoch", "step", "none"] = "epoch"
+
+
+class ColumnSpec(Strict):
+    """One table column: a metric of one benchmark's metrics JSON (the label matches the paper CSV header)."""
+
+    label: str
+    benchmark: str
+    metric: Metric = "top1"
+    train_set: str | None = Field(None, description="only runs fine-tuned on this train set fill the column")
+
+
+class TableSpec(Strict):
+    """One report table: the runs it needs (a grid over the lists below) and its columns.
+
+    Unset lists fall back to the workflow's defaults (the first arch, every seed, the first bank,
+    each train set's λ). StarFT-only slots (variants, banks, concepts, lams) leave other methods
+    unchanged; ``zeroshot`` is evaluated, never trained.
+    """
+
+    title: str
+    rows: list[RowSlot] = Field(["method"], min_length=1, description="slots whose values label a row")
+    archs: list[str] | None = None
+    train_sets: list[str] = Field(["imagenet"], min_length=1)
+    methods: list[Method] = Field(min_length=1)
+    variants: list[VariantSpec] = Field([VariantSpec()], min_length=1)
+    banks: list[str] | None = None
+    concepts: list[Concept] = Field(["background"], min_length=1)
+    lams: list[NonNegative] | None = None
+    seeds: list[int] | None = None
+    alphas: list[Fraction] = Field([], description="WiSE-FT α grid; adds ensembled rows (best α on id_column)")
+    id_column: str | None = Field(None, description="column whose value picks the WiSE-FT α")
+    columns: list[ColumnSpec] = Field(min_length=1)
+    averages: dict[str, list[str]] = Field({}, description="extra columns: label -> column labels averaged")
+    paper: bool = Field(True, description="print the paper's number and the difference beside ours")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSpec:
+        labels = [column.label for column in self.columns]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"column labels repeat: {labels}")
+        unknown = sorted({c.train_set for c in self.columns if c.train_set} - set(self.train_sets))
+        if unknown:
+            raise ValueError(f"columns name train sets {unknown} that are not in this table's train_sets")
+        for name, parts in self.averages.items():
+            unknown = sorted(set(parts) - set(labels))
+            if unknown or not parts:
+                raise ValueError(f"averages.{name}: {unknown or 'no'} columns; columns are {labels}")
+        if self.alphas and (self.id_column not in labels or "ensemble" not in self.rows):
+            raise ValueError(f"alphas need 'ensemble' in rows and id_column set to one of the columns {labels}")
+        return self
+
+
+class DescriptorsSettings(Strict):
+    """Settings of ``workflow/rules/descriptors.smk`` (the LLM that writes a new bank)."""
+
+    backend: Literal["openai", "transformers"] | None = None
+    model: str | None = None
+    base_url: str | None = None
+    concepts: list[str] | str | None = None
+    runs: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    seed: int | None = None
+
+
+class RuleResources(Strict):
+    """Resources one rule's jobs declare (snakemake ``resources:``); ``mem_mb`` doubles per retry."""
+
+    gpu: int = Field(0, ge=0)
+    mem_mb: int = Field(4000, ge=1)
+    runtime: int = Field(60, ge=1, description="minutes")
+    threads: int = Field(1, ge=1)
+
+
+class ResourcesSpec(Strict):
+    """Per-rule resources and the retry count of the GPU rules."""
+
+    train: RuleResources = RuleResources(gpu=1, mem_mb=64000, runtime=1440, threads=8)
+    evaluate: RuleResources = RuleResources(gpu=1, mem_mb=32000, runtime=120, threads=8)
+    retries: int = Field(1, ge=0)
+
+
+class WorkflowConfig(Strict):
+    """The whole workflow: what to train, evaluate and tabulate (``config/*.yaml``)."""
+
+    results: Path = Field(Path("results"), description="output root (run dirs under results/runs)")
+    data_root: Path = Field(Path("data"), description="parent folder of every dataset (checked before any job)")
+    archs: dict[str, str] = Field(min_length=1, description="open_clip name -> pretrained tag (first = default)")
+    seeds: list[int] = Field([0], min_length=1)
+    banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
+    train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
+    options: MethodOptions = MethodOptions()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"
+    workers: int = Field(4, ge=0, description="data-loader workers of training and evaluation")
+    checkpoint_every: int = Field(500, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    tables: dict[int, TableSpec] = Field(min_length=1, description="report number -> table")
+    resources: ResourcesSpec = ResourcesSpec()
+    descriptors: DescriptorsSettings | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> WorkflowConfig:
+        for number, table in self.tables.items():
+            for key, names, known in (("archs", table.archs, self.archs), ("train_sets", table.train_sets,
+                                      self.train_sets), ("banks", table.banks, self.banks)):
+                unknown = sorted(set(names or ()) - set(known))
+                if unknown:
+                    raise ValueError(f"tables.{number}.{key}: {unknown} not defined; the config's {key}: {sorted(known)}")
+        stems: dict[str, str] = {}
+        for name, bank in self.banks.items():
+            if stems.setdefault(bank.path.stem, name) != name:
+                raise ValueError(f"banks.{name} and banks.{stems[bank.path.stem]} share the file stem "
+                                 f"{bank.path.stem!r}, which names the run-dir slot; rename one file")
+        return self
+
+    def table_runs(self, number: int) -> list[TrainConfig]:
+        """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).
+
+        Zero-shot "runs" are evaluated, never trained: one per (arch, train set), seed 0.
+        """
+        table = self.tables[number]
+        runs: dict[Path, TrainConfig] = {}
+        for arch in table.archs or [next(iter(self.archs))]:
+            for train_set in table.train_sets:
+                spec = self.train_sets[train_set]
+                for method in table.methods:
+                    for seed in [0] if method == "zeroshot" else table.seeds or self.seeds:
+                        for variant, bank, concept, lam in self._star_slots(table, spec, method):
+                            config = self.train_config(arch, train_set, method, seed, variant, bank, concept, lam)
+                            runs.setdefault(config.run_dir(self.results), config)
+        return list(runs.values())
+
+    def _star_slots(self, table: TableSpec, spec: TrainSetSpec,
+                    method: str) -> list[tuple[VariantSpec, str, str, float]]:
+        """(variant, bank, concept, λ) combinations: the table's grid for StarFT, the defaults otherwise."""
+        default_bank = next(iter(self.banks))
+        if method != "starft":
+            return [(VariantSpec(), default_bank, "background", spec.lam)]
+        return [(variant, bank, concept, lam)
+                for variant in table.variants for bank in table.banks or [default_bank]
+                for concept in table.concepts for lam in table.lams or [spec.lam]]
+
+    def train_config(self, arch: str, train_set: str, method: str, seed: int, variant: VariantSpec,
+                     bank: str, concept: str, lam: float) -> TrainConfig:
+        """The ``TrainConfig`` of one grid point (per-dataset hyper-parameters from ``train_sets``)."""
+        spec = self.train_sets[train_set]
+        return TrainConfig(
+            model=ModelConfig(name=arch, pretrained=self.archs[arch]),
+            data=DataConfig(train_set=train_set, data_root=self.data_root, train_split=spec.train_split,
+                            val_split=spec.val_split, caption_template=spec.caption_template,
+                            head_templates=spec.head_templates, workers=self.workers),
+            method=method, lam=lam, seed=seed,
+            spurious=SpuriousConfig(bank=self.banks[bank].path, concept=concept, **variant.model_dump()),
+            optim=spec.optim, options=self.options, precision=self.precision, device=self.device,
+            select=spec.select, checkpoint_every=self.checkpoint_every,
+        )
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line per problem, each naming the config key (dotted path) and pydantic's reason."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors())
+
+
+def validate_workflow_config(raw: dict[str, Any], source: str = "config") -> WorkflowConfig:
+    """Validate a workflow config mapping (snakemake's ``config``), naming the bad key on failure."""
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: invalid workflow config: {validation_message(error)}") from error
+
+
+def workflow_schema() -> dict[str, Any]:
+    """JSON schema (draft 2020-12) of ``WorkflowConfig``: workflow/schemas/config.schema.json is this."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **WorkflowConfig.model_json_schema()}

@@ -1,0 +1,80 @@
+# StarFT pipeline: descriptor banks -> training runs -> metrics JSON -> results/tableN.{md,csv}.
+#
+#   snakemake --cores 8 results/table2.md                       # embedded default (config/config.yaml)
+#   snakemake --configfile config/paper.yaml --profile workflow/profiles/slurm -- results/table2.md
+#
+# The config is validated by the pydantic models of stages.config before any job (a bad key stops
+# the parse, naming it); dataset folders are checked in onstart (dry runs skip it). See docs/workflow.md.
+
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from stages import plan
+from stages.config import ConfigError, validate_workflow_config
+
+min_version("9.0")
+
+# Snakemake would merge the Snakefile's configfile with the command line's: load the default
+# only when no --configfile is given.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+# A bank file that is missing may come from the descriptor rule (descriptor_banks/<model>/v<N>.json).
+DESCRIPTOR_RULES = os.path.join(workflow.basedir, "workflow", "rules", "descriptors.smk")
+try:
+    WF = validate_workflow_config(config, ", ".join(map(str, workflow.configfiles)) or "--config")
+    plan.check_references(WF, generated_banks=os.path.exists(DESCRIPTOR_RULES))
+except ConfigError as error:
+    raise WorkflowError(f"{error}\nFix the config key named above; nothing was run.")
+
+PYTHON = sys.executable
+RESULTS = WF.results.as_posix()
+RUNS = plan.runs_by_dir(WF)
+# One run directory, slot by slot (DESIGN.md): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>.
+RUN = "{arch}/{train_set}/{method}/{variant}/{bank_concept}/{lam}/{seed}"
+
+
+wildcard_constraints:
+    arch=r"[^/]+",
+    train_set=r"[^/]+",
+    method=r"[^/]+",
+    variant=r"[^/]+",
+    bank_concept=r"[^/]+",
+    lam=r"[^/]+",
+    seed=r"[^/]+",
+    benchmark=r"[^/@]+",
+    alpha=r"[0-9.]+",
+    number=r"\d+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+if os.path.exists(DESCRIPTOR_RULES):
+
+    include: "workflow/rules/descriptors.smk"
+
+
+rule all:
+    input:
+        [f"{RESULTS}/table{number}.md" for number in WF.tables],
+    default_target: True
+
+
+onstart:
+    try:
+        jobs = list(workflow.dag.needrun_jobs())
+        plan.check_data(
+            WF,
+            train_sets={run_of(job.wildcards).data.train_set for job in jobs if job.rule.name == "train"},
+            benchmarks={job.wildcards.benchmark for job in jobs if job.rule.name in ("evaluate", "evaluate_wise")},
+        )
+    except ConfigError as error:
+        raise WorkflowError(str(error))

@@ -1,0 +1,155 @@
+"""What the workflow builds from a ``WorkflowConfig``: runs, eval files, table cells, pre-run checks.
+
+The Snakefile and ``stages.reports`` both derive every path from here, so the files snakemake
+plans are exactly the files a report reads:
+
+- a run dir is ``TrainConfig.run_dir`` (zero-shot "runs" are evaluated, never trained);
+- its metrics are ``<run dir>/eval/<benchmark>.json`` and, for WiSE-FT,
+  ``<run dir>/eval/<benchmark>@alpha<α>.json``;
+- a table cell is (row, seed, run, α) and reads one metrics file per column.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import stages.data
+from stages.config import ColumnSpec, ConfigError, TableSpec, TrainConfig, WorkflowConfig
+from stages.data.layout import Layout
+from stages.data.source import DatasetError, available_datasets
+from stages.descriptors.bank import BankError, load_bank
+from stages.evaluation.benchmarks import BENCHMARKS
+
+# Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
+GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The runs behind one table row for one seed: the run itself, or one WiSE-FT α of it."""
+
+    row: tuple[str, ...]
+    seed: int
+    run: TrainConfig
+    alpha: float | None = None
+
+    def eval_path(self, results: Path, benchmark: str) -> Path:
+        """The metrics JSON of this cell on `benchmark`."""
+        return eval_path(self.run.run_dir(results), benchmark, self.alpha)
+
+
+def eval_path(run_dir: Path, benchmark: str, alpha: float | None = None) -> Path:
+    """``<run dir>/eval/<benchmark>.json``, or ``<benchmark>@alpha<α>.json`` for a WiSE-FT α."""
+    name = benchmark if alpha is None else f"{benchmark}@alpha{alpha:g}"
+    return Path(run_dir) / "eval" / f"{name}.json"
+
+
+def bank_name(config: WorkflowConfig, run: TrainConfig) -> str:
+    """The config name of the run's bank, ``-`` when the run uses none."""
+    if run.method != "starft" or run.spurious.suffix != "spurious":
+        return "-"
+    return next(name for name, bank in config.banks.items() if bank.path == run.spurious.bank)
+
+
+def row_key(config: WorkflowConfig, table: TableSpec, run: TrainConfig, ensemble: bool) -> tuple[str, ...]:
+    """The values of the table's row slots for `run` (``-`` for slots the method does not use)."""
+    star = run.method == "starft"
+    values = {
+        "arch": run.model.name,
+        "train_set": run.data.train_set,
+        "method": run.method,
+        "variant": run.variant(),
+        "bank": bank_name(config, run),
+        "concept": run.spurious.concept if bank_name(config, run) != "-" else "-",
+        "lam": f"{run.lam:g}" if star else "-",
+        "ensemble": "yes" if ensemble else "no",
+    }
+    return tuple(values[slot] for slot in table.rows)
+
+
+def table_cells(config: WorkflowConfig, number: int) -> list[Cell]:
+    """Every cell of table `number`: each run, plus each of its WiSE-FT α when the table has alphas."""
+    table = config.tables[number]
+    cells = []
+    for run in config.table_runs(number):
+        cells.append(Cell(row_key(config, table, run, ensemble=False), run.seed, run))
+        if table.alphas and run.method != "zeroshot":
+            row = row_key(config, table, run, ensemble=True)
+            cells += [Cell(row, run.seed, run, alpha) for alpha in table.alphas]
+    return cells
+
+
+def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
+    """The metrics files table `number` is built from (sorted, unique)."""
+    columns = config.tables[number].columns
+    paths = {cell.eval_path(config.results, column.benchmark) for cell in table_cells(config, number)
+             for column in columns if fills(column, cell)}
+    return sorted(paths)
+
+
+def fills(column: ColumnSpec, cell: Cell) -> bool:
+    """Whether `cell`'s run is scored in `column` (a column may be tied to one train set)."""
+    return column.train_set in (None, cell.run.data.train_set)
+
+
+def runs_by_dir(config: WorkflowConfig) -> dict[str, TrainConfig]:
+    """Run dir -> config of every run of every table (zero-shot ones included)."""
+    return {str(run.run_dir(config.results)): run for number in config.tables for run in config.table_runs(number)}
+
+
+def check_references(config: WorkflowConfig, generated_banks: bool) -> None:
+    """Parse-time checks (dry runs included): benchmarks, train sets, banks and their concepts.
+
+    A bank that does not exist is accepted only when ``generated_banks`` and its path is one
+    the descriptor rule writes (``descriptor_banks/<model>/v<N>.json``).
+    """
+    dataset_layouts()  # registers every dataset adapter
+    for number, table in config.tables.items():
+        for index, column in enumerate(table.columns):
+            if column.benchmark not in BENCHMARKS:
+                raise ConfigError(f"tables.{number}.columns.{index}.benchmark: unknown benchmark "
+                                  f"{column.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}")
+    unknown = sorted(set(config.train_sets) - set(available_datasets()))
+    if unknown:
+        raise ConfigError(f"train_sets: {unknown} are not registered datasets; "
+                          f"registered: {', '.join(available_datasets())}")
+    used = {(run.spurious.bank, run.spurious.concept) for number in config.tables
+            for run in config.table_runs(number) if bank_name(config, run) != "-"}
+    for path, concept in sorted(used):
+        name = next(name for name, bank in config.banks.items() if bank.path == path)
+        if not path.is_file() and generated_banks and GENERATED_BANK.search(path.as_posix()):
+            continue
+        try:
+            load_bank(path).descriptors(concept)
+        except BankError as error:
+            raise ConfigError(f"banks.{name}: {error}") from error
+
+
+def dataset_layouts() -> dict[str, Layout]:
+    """Import every ``stages.data`` module (registering its datasets); dataset name -> its ``Layout``."""
+    layouts: dict[str, Layout] = {}
+    for module_info in pkgutil.iter_modules(stages.data.__path__):
+        module = importlib.import_module(f"stages.data.{module_info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Layout):
+                layouts.setdefault(value.dataset, value)
+    return layouts
+
+
+def check_data(config: WorkflowConfig, train_sets: set[str], benchmarks: set[str]) -> None:
+    """Run-time check (``onstart``): the datasets of the jobs about to run are under ``data_root``."""
+    layouts = dataset_layouts()
+    needed = {name: f"train_sets.{name}" for name in sorted(train_sets)}
+    for benchmark in sorted(benchmarks):
+        needed.setdefault(BENCHMARKS[benchmark].dataset, f"benchmark {benchmark} (tables.*.columns)")
+    for dataset, key in needed.items():
+        if dataset in layouts:
+            try:
+                layouts[dataset].locate(config.data_root)
+            except DatasetError as error:
+                raise ConfigError(f"data_root: {error}\nNeeded by {key}. Fix: set data_root in the config "
+                                  "(or --config data_root=PATH) to the folder that holds it.") from error

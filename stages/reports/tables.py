@@ -1,0 +1,240 @@
+"""Tables from metrics JSON: rows x columns, mean ± std over seeds, the paper's number and the difference.
+
+A row is one value of the table's row slots (``TableSpec.rows``); for each seed its value in a
+column is ``metrics[<metric>]`` of the metrics file of the run that fills the column, in percent.
+Rows with WiSE-FT alphas take, per seed, the α with the best ``id_column`` value. An average
+column is the per-seed mean of its parts (only when every part is present), then aggregated
+like any column. A value that has no metrics file is missing (``—`` in markdown, empty in CSV),
+never zero. The paper's numbers come from ``stages/reports/paper/tableN.csv`` (copied from the
+paper; Tables 6 and 8 in Table 2's column order, as their notes say).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stages import plan
+from stages.config import TableSpec, TrainConfig, WorkflowConfig
+from stages.io import atomic_write_text
+
+PAPER_DIR = Path(__file__).parent / "paper"
+METHOD_NAMES = {
+    "zeroshot": "Zeroshot", "ft": "FT", "flyp": "FLYP", "carft": "CAR-FT", "carot": "CaRot",
+    "lipsumft": "Lipsum-FT", "starft": "StarFT",
+}
+SLOT_HEADERS = {
+    "arch": "arch", "train_set": "train set", "method": "method", "variant": "variant",
+    "bank": "bank", "concept": "concept", "lam": "λ", "ensemble": "ensemble",
+}
+# Columns of the paper CSVs that identify a row (the others hold numbers).
+PAPER_KEYS = ("arch", "method", "l_star", "suffix", "mask", "decay", "concept", "lambda", "ensemble")
+
+
+@dataclass
+class Stat:
+    """One column of one row: the per-seed values present, their mean and std, and the paper's number."""
+
+    values: list[float]
+    paper: float | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+@dataclass
+class Row:
+    """One table row: its displayed slot values and one ``Stat`` per column label."""
+
+    labels: list[str]
+    seeds: int
+    stats: dict[str, Stat] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    """A built table, ready to write."""
+
+    number: int
+    spec: TableSpec
+    rows: list[Row]
+
+    @property
+    def columns(self) -> list[str]:
+        return [column.label for column in self.spec.columns] + list(self.spec.averages)
+
+    @property
+    def cells(self) -> int:
+        return len(self.rows) * len(self.columns)
+
+    @property
+    def filled(self) -> int:
+        return sum(row.stats[label].mean is not None for row in self.rows for label in self.columns)
+
+
+def read_metric(path: Path, metric: str) -> float | None:
+    """``metrics[metric]`` of a metrics JSON in percent; None when the file or the metric is missing."""
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("metrics", {}).get(metric)
+    return None if value is None else 100.0 * float(value)
+
+
+def seed_values(config: WorkflowConfig, spec: TableSpec, cells: list[plan.Cell]) -> dict[str, float | None]:
+    """Column label -> value of one (row, seed); among several WiSE-FT α the best on ``id_column``."""
+    by_alpha: dict[float | None, dict[str, float | None]] = {}
+    for cell in cells:
+        values = by_alpha.setdefault(cell.alpha, {})
+        for column in spec.columns:
+            if plan.fills(column, cell):
+                values[column.label] = read_metric(cell.eval_path(config.results, column.benchmark), column.metric)
+    if len(by_alpha) > 1:
+        scored = [values for values in by_alpha.values() if values.get(spec.id_column) is not None]
+        chosen = max(scored, key=lambda values: values[spec.id_column], default={})
+    else:
+        chosen = next(iter(by_alpha.values()))
+    for name, parts in spec.averages.items():
+        present = [chosen.get(part) for part in parts]
+        chosen[name] = statistics.fmean(present) if all(v is not None for v in present) else None
+    return chosen
+
+
+def display(config: WorkflowConfig, slot: str, value: str) -> str:
+    """How a row slot value is printed (paper method names, bank labels)."""
+    if slot == "method":
+        return METHOD_NAMES[value]
+    if slot == "bank" and value in config.banks:
+        return config.banks[value].label or value
+    return value
+
+
+def paper_key(config: WorkflowConfig, spec: TableSpec, run: TrainConfig, ensemble: bool) -> dict[str, str]:
+    """The values of the paper CSV's key columns that describe `run` (see ``PAPER_KEYS``)."""
+    star = run.method == "starft"
+    method = METHOD_NAMES[run.method]
+    bank = plan.bank_name(config, run)
+    if "bank" in spec.rows and bank != "-":
+        method += f" ({display(config, 'bank', bank)})"
+    yes_no = {True: "yes", False: "no"}
+    return {
+        "arch": run.model.name.rsplit("-", 1)[0] + "/" + run.model.name.rsplit("-", 1)[-1],
+        "method": method,
+        "l_star": yes_no[star],
+        "suffix": run.spurious.suffix if star else "none",
+        "mask": yes_no[star and run.spurious.mask],
+        "decay": yes_no[star and run.spurious.decay != "none"],
+        "concept": run.spurious.concept,
+        "lambda": f"{run.lam:g}",
+        "ensemble": yes_no[ensemble],
+    }
+
+
+def paper_rows(number: int) -> list[dict[str, str]]:
+    """The paper's rows of table `number` (``#`` lines are notes); empty when none is shipped."""
+    path = PAPER_DIR / f"table{number}.csv"
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def paper_values(config: WorkflowConfig, number: int, cell: plan.Cell) -> dict[str, float]:
+    """Column label -> the paper's number for the row of `cell` (empty when the paper has no such row)."""
+    spec = config.tables[number]
+    ours = paper_key(config, spec, cell.run, cell.alpha is not None)
+    for row in paper_rows(number):
+        keys = [key for key in PAPER_KEYS if key in row]
+        if all(_same(row[key], ours[key]) for key in keys):
+            return {label: float(value) for label, value in row.items() if label not in keys and value}
+    return {}
+
+
+def _same(paper: str, ours: str) -> bool:
+    """Key equality; numbers compare as numbers (``1.0`` == ``1``)."""
+    try:
+        return float(paper) == float(ours)
+    except ValueError:
+        return paper.strip() == ours
+
+
+def build_table(config: WorkflowConfig, number: int) -> Table:
+    """Read every metrics file of table `number` and aggregate it over seeds."""
+    spec = config.tables[number]
+    grouped: dict[tuple[str, ...], dict[int, list[plan.Cell]]] = {}
+    for cell in plan.table_cells(config, number):
+        grouped.setdefault(cell.row, {}).setdefault(cell.seed, []).append(cell)
+    table = Table(number, spec, [])
+    for key, by_seed in grouped.items():
+        per_seed = [seed_values(config, spec, cells) for cells in by_seed.values()]
+        first = next(iter(by_seed.values()))[0]
+        paper = paper_values(config, number, first) if spec.paper else {}
+        row = Row([display(config, slot, value) for slot, value in zip(spec.rows, key)], len(by_seed))
+        for label in table.columns:
+            values = [seed[label] for seed in per_seed if seed.get(label) is not None]
+            row.stats[label] = Stat(values, paper.get(label))
+        table.rows.append(row)
+    return table
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    return "" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
+
+
+def markdown(table: Table) -> str:
+    """The table in markdown: ``mean ± std (n)`` per cell, then the paper's number and the difference."""
+    spec = table.spec
+    header = [SLOT_HEADERS[slot] for slot in spec.rows] + table.columns
+    lines = [f"# {spec.title}", ""]
+    lines.append("Ours: mean ± std over seeds (n seeds when fewer than planned)"
+                 + ("; paper's number and ours − paper in brackets." if spec.paper else ".") + " — = missing.")
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        cells = []
+        for label in table.columns:
+            stat = row.stats[label]
+            text = "—" if stat.mean is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
+            if stat.values and len(stat.values) < row.seeds:
+                text += f" (n={len(stat.values)})"
+            if spec.paper:
+                text += f" [{_number(stat.paper) or '—'}, {_number(stat.diff, signed=True) or '—'}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(row.labels + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(table: Table) -> str:
+    """The table as CSV: per column ``<label>``, ``<label>_std``, ``<label>_n``, ``<label>_paper``, ``<label>_diff``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    suffixes = ("", "_std", "_n", "_paper", "_diff") if table.spec.paper else ("", "_std", "_n")
+    writer.writerow(list(table.spec.rows) + [label + suffix for label in table.columns for suffix in suffixes])
+    for row in table.rows:
+        values = []
+        for label in table.columns:
+            stat = row.stats[label]
+            values += [_number(stat.mean), _number(stat.std), str(len(stat.values))]
+            if table.spec.paper:
+                values += [_number(stat.paper), _number(stat.diff, signed=True)]
+        writer.writerow(row.labels + values)
+    return buffer.getvalue()
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """Write ``tableN.md`` and ``tableN.csv`` atomically; return their paths."""
+    paths = [Path(out_dir) / f"table{table.number}.md", Path(out_dir) / f"table{table.number}.csv"]
+    atomic_write_text(paths[0], markdown(table))
+    atomic_write_text(paths[1], csv_text(table))
+    return paths

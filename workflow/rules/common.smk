@@ -1,0 +1,63 @@
+# Helpers of the rules (functions only, no rules): each maps a job's wildcards to the TrainConfig
+# of its run (RUNS, built from the validated config by stages.plan) and from there to arguments.
+
+import yaml
+
+
+def run_dir(wildcards) -> str:
+    """The run directory the wildcards spell."""
+    return f"{RESULTS}/runs/{RUN.format(**wildcards)}"
+
+
+def run_of(wildcards):
+    """The TrainConfig of the wildcards' run directory (a path outside the grid is an error)."""
+    path = run_dir(wildcards)
+    if path not in RUNS:
+        raise WorkflowError(f"{path} is not a run of the configured grid; `snakemake -n` lists the planned jobs")
+    return RUNS[path]
+
+
+def run_yaml(wildcards) -> str:
+    """The YAML text of the run's TrainConfig."""
+    return yaml.safe_dump(run_of(wildcards).model_dump(mode="json"), sort_keys=False)
+
+
+def run_bank(wildcards) -> list:
+    """The run's descriptor bank as an ancient() input (never retrain because a bank was touched)."""
+    run = run_of(wildcards)
+    uses_bank = run.method == "starft" and run.spurious.suffix == "spurious"
+    return [ancient(run.spurious.bank.as_posix())] if uses_bank else []
+
+
+def launcher(wildcards, resources) -> str:
+    """python, or torchrun over the job's GPUs (DDP inside one job)."""
+    if resources.gpu > 1:
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
+    return PYTHON
+
+
+def trained_input(wildcards) -> list[str]:
+    """The run's best.pt (nothing for a zero-shot run, which is evaluated from its pretrained weights)."""
+    return [] if run_of(wildcards).method == "zeroshot" else [f"{run_dir(wildcards)}/best.pt"]
+
+
+def model_arguments(wildcards) -> str:
+    """``--model/--pretrained`` for a zero-shot run, ``--run-dir`` otherwise; heads cached in the run dir."""
+    run = run_of(wildcards)
+    if run.method == "zeroshot":
+        heads = f"{run_dir(wildcards)}/eval/heads"
+        return f"--model {run.model.name} --pretrained {run.model.pretrained} --head-cache {heads}"
+    return f"--run-dir {run_dir(wildcards)}"
+
+
+def table_metrics(wildcards) -> list[str]:
+    """Every metrics JSON table `number` reads."""
+    number = int(wildcards.number)
+    if number not in WF.tables:
+        raise WorkflowError(f"table {number} is not in the config's tables ({sorted(WF.tables)})")
+    return [path.as_posix() for path in plan.table_inputs(WF, number)]
+
+
+def workflow_yaml(wildcards) -> str:
+    """The validated config as YAML (what stages.reports reads)."""
+    return yaml.safe_dump(WF.model_dump(mode="json"), sort_keys=False)

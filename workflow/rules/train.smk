@@ -1,0 +1,45 @@
+# Training: one job per run of the grid (arch, train set, method, variant, bank-concept, λ, seed).
+#
+# run_config writes the run's resolved TrainConfig as <run dir>/train.yaml (rewritten, and the run
+# retrained, when the config of that run changes); train calls `python -m stages.training` on it.
+# best.pt is the only declared output: ckpt/last.pt survives a failed attempt, so a retry resumes.
+
+
+localrules:
+    run_config,
+
+
+rule run_config:
+    output:
+        f"{RESULTS}/runs/{RUN}/train.yaml",
+    log:
+        f"{RESULTS}/logs/run_config/{RUN}.log",
+    params:
+        text=run_yaml,
+    conda:
+        "../../environment.yml"
+    shell:
+        "printf '%s' {params.text:q} > {output} 2> {log}"
+
+
+rule train:
+    input:
+        config=f"{RESULTS}/runs/{RUN}/train.yaml",
+        bank=run_bank,
+    output:
+        f"{RESULTS}/runs/{RUN}/best.pt",
+    log:
+        f"{RESULTS}/logs/train/{RUN}.log",
+    threads: WF.resources.train.threads
+    resources:
+        gpu=WF.resources.train.gpu,
+        mem_mb=lambda wildcards, attempt: WF.resources.train.mem_mb * attempt,
+        runtime=WF.resources.train.runtime,
+    retries: WF.resources.retries
+    params:
+        launcher=launcher,
+        run_dir=run_dir,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.launcher} -m stages.training --config {input.config} --out {params.run_dir} > {log} 2>&1"
