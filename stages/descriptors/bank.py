@@ -39,6 +39,7 @@ class GeneratorInfo(BaseModel):
     runs_per_concept: int | None = None
     seed: int | None = None
     max_tokens: int | None = None
+    batch_size: int | None = Field(default=None, description="keywords per step-3 request")
 
 
 class ConceptEntry(BaseModel):

@@ -1,0 +1,142 @@
+"""Command line: ``python -m stages.descriptors {generate,validate,import-published} ...``.
+
+``generate`` runs the paper's three-step protocol against an LLM and writes a bank (refusing to
+put different content over an existing file); ``validate`` checks bank files (schema, template
+slots, sha256); ``import-published`` turns a published descriptor list into a bank. Errors are
+printed as one ``error: ...`` line (exit status 1), never with the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from stages.descriptors.bank import BankError, load_bank
+from stages.descriptors.generate import (
+    BACKENDS,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_OPENAI_MODEL,
+    GenerateConfig,
+    generate_bank,
+    import_published,
+    write_versioned,
+)
+from stages.descriptors.llm import LLMError
+from stages.descriptors.parse import ParseError
+
+log = logging.getLogger("stages.descriptors")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the three sub-commands."""
+    parser = argparse.ArgumentParser(prog="python -m stages.descriptors", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="generate a bank with an LLM (StarFT Appendix C.1 protocol)")
+    gen.add_argument("--backend", choices=BACKENDS, default="openai")
+    gen.add_argument(
+        "--model", help=f"model name, or a path / hub id for transformers (openai default: {DEFAULT_OPENAI_MODEL})"
+    )
+    gen.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OPENAI_BASE_URL or the OpenAI API)",
+    )
+    gen.add_argument("--concepts", help="comma-separated concepts, e.g. background,texture,resolution (skips step 1)")
+    gen.add_argument("--runs", type=_positive_int, default=3, help="keyword runs per concept (default 3, as the paper)")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None, help="request seed; run r sends seed + r")
+    gen.add_argument("--max-tokens", type=_positive_int, default=512)
+    gen.add_argument("--batch-size", type=_positive_int, default=10, help="keywords per step-3 request")
+    gen.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="answer cache (default .cache/llm)")
+    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request attempt")
+    gen.add_argument("--max-retries", type=int, default=5, help="client retries on 429, 5xx and timeouts")
+    gen.add_argument("--out", type=Path, required=True, help="bank file, e.g. descriptor_banks/gpt-3.5-turbo/v1.json")
+
+    val = commands.add_parser("validate", help="check bank files: schema, one {} per template, sha256")
+    val.add_argument("files", type=Path, nargs="+")
+
+    imp = commands.add_parser("import-published", help="make a bank from a published descriptor list (JSON)")
+    imp.add_argument("source", type=Path, help='JSON {"source": ..., "concepts": {concept: [descriptors]}}')
+    imp.add_argument("--model", required=True, help="where the list comes from, e.g. alinlab/StarFT@4d11b94")
+    imp.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> None:
+    """The ``generate`` sub-command."""
+    if args.model is None and args.backend != "openai":
+        raise LLMError("--model is required for the transformers backend (a local path or a hub id)")
+    concepts = tuple(c.strip() for c in args.concepts.split(",") if c.strip()) if args.concepts else None
+    config = GenerateConfig(
+        backend=args.backend,
+        model=args.model or DEFAULT_OPENAI_MODEL,
+        base_url=args.base_url,
+        concepts=concepts,
+        runs=args.runs,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
+    start = time.perf_counter()
+    bank, chat = generate_bank(config)
+    bank, written = write_versioned(args.out, bank)
+    sizes = ", ".join(f"{concept}={len(entry.descriptors)}" for concept, entry in bank.concepts.items())
+    log.info(
+        "%s %s (%s; sha256 %s): %d requests, %d cache hits, %.1f s",
+        "wrote" if written else "unchanged",
+        args.out,
+        sizes,
+        bank.sha256[:12],
+        chat.requests,
+        chat.hits,
+        time.perf_counter() - start,
+    )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """The ``validate`` sub-command: every file must load (checksum included)."""
+    for path in args.files:
+        bank = load_bank(path)
+        sizes = ", ".join(f"{concept}={len(entry.descriptors)}" for concept, entry in bank.concepts.items())
+        generator = f"{bank.generator.backend}:{bank.generator.model}"
+        print(f"ok {path}: schema {bank.schema_version}, {generator}, {sizes}, sha256 {bank.sha256}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    """The ``import-published`` sub-command."""
+    bank, written = import_published(args.source, args.out, model=args.model)
+    log.info("%s %s (sha256 %s)", "wrote" if written else "unchanged", args.out, bank.sha256[:12])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; return the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("httpx", "httpx2"):  # the openai client's HTTP layer logs every request URL at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command = {"generate": _generate, "validate": _validate, "import-published": _import}[args.command]
+    try:
+        command(args)
+    except (BankError, LLMError, ParseError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

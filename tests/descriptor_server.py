@@ -1,0 +1,155 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1 for the descriptor tests.
+
+It is the remote end only: the code under test talks to it with the real `openai` client.
+`answer` decides each reply from the request body (step 1, 2 or 3 of the paper's protocol is
+recognised from the prompt); `fail_next` queues error replies (429, 500, 401, a slow answer)
+served before any scripted answer. Every request body is recorded, so tests count requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+STEP1_ANSWER = "Background\n2. Texture\n3. Resolution"
+"""Step 1 answered the way a primed model does: item 1 without its number."""
+
+KEYWORD_RUNS = [
+    ["Snow", "Beach", "Forest", "City streets"],
+    ["snow", "Beaches", "desert", "Forest."],
+    ["City Street", "Mountains", "DESERT", "Underwater"],
+]
+"""Step-2 answers per run (chosen by the request's seed): duplicates across runs on purpose."""
+
+
+def keywords_answer(request: dict[str, Any]) -> str:
+    """A numbered keyword list; the run is the request's seed (0, 1, 2 with ``--seed 0``)."""
+    keywords = KEYWORD_RUNS[int(request.get("seed") or 0) % len(KEYWORD_RUNS)]
+    return "\n".join(f"{i}. {keyword}" for i, keyword in enumerate(keywords, 1))
+
+
+def descriptors_answer(request: dict[str, Any]) -> str:
+    """One ``A photo of a [class] ...`` line per keyword of the step-3 prompt."""
+    keywords = re.search(r"following keywords: (.*)\n", prompt_of(request)).group(1).split(", ")
+    return "\n".join(
+        f'{i}. "A photo of a [class] with {k.lower()} in the background."' for i, k in enumerate(keywords, 1)
+    )
+
+
+def prompt_of(request: dict[str, Any]) -> str:
+    """The text of the request's last message."""
+    return request["messages"][-1]["content"]
+
+
+def protocol_answer(request: dict[str, Any]) -> str:
+    """A well-formed answer to whichever step of the protocol `request` is."""
+    prompt = prompt_of(request)
+    if "List possible spurious correlations" in prompt:
+        return STEP1_ANSWER
+    if "bias keywords" in prompt:
+        return keywords_answer(request)
+    if "Design a prompt" in prompt:
+        return descriptors_answer(request)
+    raise AssertionError(f"unexpected prompt {prompt!r}")
+
+
+@dataclass
+class Reply:
+    """An HTTP reply: status, JSON body, extra headers, and a delay before answering."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+def error_reply(status: int, message: str = "scripted failure", delay_s: float = 0.0) -> Reply:
+    """An OpenAI-style error; retry-after-ms keeps the client's backoff short in tests."""
+    return Reply(
+        status, {"error": {"message": message, "type": "test", "code": None}}, {"retry-after-ms": "5"}, delay_s
+    )
+
+
+class FakeLLMServer:
+    """``with FakeLLMServer() as server: ... server.url ... len(server.requests)``."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], str] = protocol_answer) -> None:
+        self.answer = answer
+        self.requests: list[dict[str, Any]] = []
+        self.authorization: list[str] = []
+        self._failures: list[Reply] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The base URL to give the openai client."""
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def fail_next(self, reply: Reply, times: int = 1) -> None:
+        """Serve `reply` to the next `times` requests."""
+        with self._lock:
+            self._failures += [reply] * times
+
+    def _reply(self, request: dict[str, Any], authorization: str) -> Reply:
+        """Record the request; the next queued failure or the scripted answer."""
+        with self._lock:
+            self.requests.append(request)
+            self.authorization.append(authorization)
+            if self._failures:
+                return self._failures.pop(0)
+        text = self.answer(request)
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        body = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request["model"],
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        return Reply(200, body)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        """A request handler class bound to this server."""
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("content-length", 0))
+                request = json.loads(self.rfile.read(length))
+                reply = server._reply(request, self.headers.get("authorization", ""))
+                time.sleep(reply.delay_s)
+                payload = json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+                """Silence the per-request log lines."""
+
+        return Handler
+
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,59 @@
+# Descriptor banks: (re)generate descriptor_banks/<slug>/v<N>.json with an LLM (docs/descriptors.md).
+#
+#   snakemake -c1 descriptor_banks/gpt-3.5-turbo/v1.json --config 'descriptors={model: gpt-3.5-turbo}'
+#   snakemake -c1 descriptor_banks/llama-3.3-70b/v1.json \
+#       --config 'descriptors={model: llama-3.3-70b-instruct, base_url: "http://127.0.0.1:8000/v1"}'
+#
+# Settings come from the config mapping `descriptors` (snakemake's --config takes it as YAML and
+# merges it into the config file's; it does not accept dotted keys such as descriptors.model=).
+# Names and defaults:
+#   backend: openai | transformers (openai)     model: (gpt-3.5-turbo for openai)
+#   base_url: OpenAI-compatible endpoint (OPENAI_BASE_URL or the OpenAI API)
+#   concepts: list or "a,b,c" (none: step 1 asks the LLM)   runs: 3   temperature: 1.0   seed: none
+# The API key is read from OPENAI_API_KEY, never from the config. Answers are cached in .cache/llm,
+# so a rerun replays them for free. Banks are immutable: the output is protected, and the CLI
+# refuses different content over an existing version (write v<N+1> instead). Training rules
+# should take banks as ancient() inputs.
+
+import shlex
+import sys
+
+DESCRIPTOR_SETTINGS = ("backend", "model", "base_url", "concepts", "runs", "temperature", "seed")
+
+
+def descriptor_settings() -> dict:
+    """The `descriptors` config mapping, checked for unknown names."""
+    settings = dict(config.get("descriptors") or {})
+    unknown = sorted(set(settings) - set(DESCRIPTOR_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown descriptors settings {unknown}; known: {list(DESCRIPTOR_SETTINGS)}")
+    return settings
+
+
+def descriptor_arguments(wildcards) -> str:
+    """Command-line options of `python -m stages.descriptors generate` from the settings."""
+    settings = descriptor_settings()
+    arguments = []
+    for name in DESCRIPTOR_SETTINGS:
+        value = settings.get(name)
+        if value is None or value == "":
+            continue
+        if name == "concepts" and not isinstance(value, str):
+            value = ",".join(value)
+        arguments += ["--" + name.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(argument) for argument in arguments)
+
+
+rule descriptor_bank:
+    output:
+        protected("descriptor_banks/{slug}/v{version}.json"),
+    log:
+        "logs/descriptors/{slug}/v{version}.log",
+    wildcard_constraints:
+        slug=r"[^/]+",
+        version=r"\d+",
+    params:
+        python=sys.executable,
+        arguments=descriptor_arguments,
+    shell:
+        "{params.python} -m stages.descriptors generate {params.arguments} --out {output} > {log} 2>&1"
