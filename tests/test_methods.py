@@ -158,3 +158,10 @@ def test_clean_caption_variant_uses_the_training_caption() -> None:
     method, source, _ = make_method("starft", spurious__suffix="none")
     assert method.spurious_tokens.shape[1] == 1
     assert torch.equal(method.spurious_tokens[:, 0], method.caption_tokens)
+
+
+@pytest.mark.parametrize("name", ["carft", "lipsumft", "carot", "starft"])
+def test_teacher_stays_in_eval_mode_when_the_method_trains(name: str) -> None:
+    method, _, _ = make_method(name)
+    method.train()
+    assert method.student.training and not method.teacher.training

@@ -108,6 +108,14 @@ class Method(nn.Module):
         captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
         self.register_buffer("caption_tokens", self.tokenizer(captions).to(_device(self.student)), persistent=False)
 
+    def train(self, mode: bool = True) -> Method:
+        """Switch the student; a frozen or EMA teacher always stays in eval mode (and its fast inference paths)."""
+        super().train(mode)
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None:
+            teacher.eval()
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (weight decay applies to all of them, as the official code)."""
         return [p for p in self.parameters() if p.requires_grad]
