@@ -1,0 +1,72 @@
+"""The benchmark CLI on the tiny config, and the parity of its reference-style StarFT with ours."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_config
+from stages.bench import ReferenceStarFT, main, synthetic_batch
+from stages.models import create_clip
+from stages.training.methods import MethodContext, StarFT
+
+DESCRIPTORS = ["{} in the snow.", "{} surrounded by fall and autumn leaves.", "blurred {}.", "{} at night."]
+CLASSNAMES = ["tench", "great white shark", "golden retriever", "space shuttle", "ice cream"]
+METHOD_KEYS = {"step_time_s", "step_times_s", "samples_per_s", "flops_per_step", "tflops_per_s", "mfu",
+               "state_memory_mb", "peak_memory_mb"}
+
+
+def test_bench_cli_writes_json_and_summary(tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "TinyCLIP-test.json"
+    main(["--arch", "TinyCLIP-test", "--batch-size", "8", "--steps", "2", "--warmup", "1", "--classes", "10",
+          "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"ft", "flyp", "starft", "starft-reference"}
+    for record in result["methods"].values():
+        assert set(record) == METHOD_KEYS
+        assert len(record["step_times_s"]) == 2 and record["samples_per_s"] > 0 and record["flops_per_step"] > 0
+        assert record["mfu"] is None and record["peak_memory_mb"] is None  # CPU
+    methods = result["methods"]
+    # Executed FLOPs follow the design: the reference runs 77-token texts and a teacher text forward.
+    assert methods["ft"]["flops_per_step"] < methods["flyp"]["flops_per_step"] < methods["starft"]["flops_per_step"]
+    assert methods["starft"]["flops_per_step"] < methods["starft-reference"]["flops_per_step"]
+    assert set(result["ratios"]) == {"starft_over_flyp", "reference_over_starft"}
+    assert all(value > 0 for value in result["ratios"].values())
+    assert result["eval"]["images_per_s"] > 0 and result["process_peak_memory_mb"] > 0
+    assert result["precision"] == "fp32" and result["descriptors"] == 58
+    summary = out.with_suffix(".md").read_text()
+    assert "starft / flyp" in summary and "| starft-reference |" in summary
+
+
+def test_reference_step_equals_optimised_starft_step() -> None:
+    """Cache, trimming, fused text forward and inference-mode teacher change nothing but the speed."""
+    torch.manual_seed(0)
+    bundle = create_clip("TinyCLIP-test", None)
+    config = tiny_config("starft")
+
+    def context() -> MethodContext:
+        return MethodContext(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)), CLASSNAMES, config,
+                             DESCRIPTORS, total_steps=10)
+
+    optimised, reference = StarFT(context()), ReferenceStarFT(context())
+    assert not hasattr(reference, "teacher_text")
+    batch = synthetic_batch(torch.Generator().manual_seed(1), 12, bundle.image_size, len(CLASSNAMES),
+                            len(DESCRIPTORS), torch.device("cpu"))
+    results = []
+    for method in (optimised, reference):
+        terms = method.training_step(batch, lam=0.7)
+        assert set(terms) == {"clip", "star"}
+        loss = sum(terms.values())
+        results.append((terms, loss, torch.autograd.grad(loss, method.trainable_parameters())))
+    (terms, loss, grads), (ref_terms, ref_loss, ref_grads) = results
+    for name in terms:
+        torch.testing.assert_close(terms[name], ref_terms[name], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(ref_grads)
+    for grad, ref_grad in zip(grads, ref_grads):  # fp32 summation-order noise is ~5e-6 at most here
+        assert grad.abs().max() > 1e-3 or ref_grad.abs().max() == 0
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
