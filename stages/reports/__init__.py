@@ -1,1 +1,1 @@
-"""Stage 3b: metrics JSON -> ``results/tableN.{md,csv}`` in the paper's layout, the paper's numbers beside ours."""
+"""Stage 3b: metrics JSON -> ``results/tableN.{md,csv}`` (the paper's numbers beside ours) and ``figure_<name>.png``."""

@@ -1,7 +1,9 @@
-"""``python -m stages.reports --config WORKFLOW.yaml --table N [N ...] [--out-dir DIR]``.
+"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--out-dir DIR]``.
 
-Builds ``tableN.md`` and ``tableN.csv`` for each N from the metrics JSON files the workflow
-config implies (missing ones show as missing cells), into DIR (default: the config's results).
+Builds ``tableN.md`` and ``tableN.csv`` for each N, and ``figure_<NAME>.png`` for each figure of
+the config's ``figures``, from the metrics JSON files the workflow config implies (missing ones
+show as missing cells, or are listed on the figure and here), into DIR (default: the config's
+results).
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from pathlib import Path
 import yaml
 
 from stages.config import ConfigError, validate_workflow_config
+from stages.reports.figures import build_figure, write_figure
 from stages.reports.tables import build_table, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; a bad config or table number prints one line and exits with status 2."""
+    """CLI entry point; a bad config, table number or figure name prints one line and exits with status 2."""
     parser = argparse.ArgumentParser(prog="python -m stages.reports", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="workflow config YAML (stages.config.WorkflowConfig)")
-    parser.add_argument("--table", type=int, nargs="+", required=True, help="table numbers, e.g. 2 3")
-    parser.add_argument("--out-dir", type=Path, help="where tableN.{md,csv} go (default: the config's results)")
+    parser.add_argument("--table", type=int, nargs="+", default=[], help="table numbers, e.g. 2 3")
+    parser.add_argument("--figure", nargs="+", default=[], help="figure names (the config's figures), e.g. figure2")
+    parser.add_argument("--out-dir", type=Path, help="where the tables and figures go (default: the config's results)")
     args = parser.parse_args(argv)
+    if not args.table and not args.figure:
+        parser.error("give --table and/or --figure")
     try:
         config = validate_workflow_config(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
         for number in args.table:
@@ -32,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
             table = build_table(config, number)
             paths = write_table(table, args.out_dir or config.results)
             print(f"table {number}: {table.filled} of {table.cells} cells -> {', '.join(map(str, paths))}")
+        for name in args.figure:
+            if name not in config.figures:
+                raise ConfigError(f"{args.config}: no figure {name!r}; figures: {sorted(config.figures)}")
+            plot = build_figure(config, name)
+            path = write_figure(plot, args.out_dir or config.results)
+            print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
+            for note in plot.missing:
+                print(f"  missing: {note}")
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -93,23 +93,32 @@ def read_metric(path: Path, metric: str) -> float | None:
     return None if value is None else 100.0 * float(value)
 
 
+def column_values(config: WorkflowConfig, spec: TableSpec, cell: plan.Cell) -> dict[str, float | None]:
+    """Column label -> value of `cell` for each column its run fills (None where no metrics file)."""
+    return {column.label: read_metric(cell.eval_path(config.results, column.benchmark), column.metric)
+            for column in spec.columns if plan.fills(column, cell)}
+
+
+def with_averages(spec: TableSpec, values: dict[str, float | None]) -> dict[str, float | None]:
+    """`values` plus the table's average columns (each None unless every part is present)."""
+    averages = {}
+    for name, parts in spec.averages.items():
+        present = [values.get(part) for part in parts]
+        averages[name] = statistics.fmean(present) if all(v is not None for v in present) else None
+    return {**values, **averages}
+
+
 def seed_values(config: WorkflowConfig, spec: TableSpec, cells: list[plan.Cell]) -> dict[str, float | None]:
     """Column label -> value of one (row, seed); among several WiSE-FT α the best on ``id_column``."""
     by_alpha: dict[float | None, dict[str, float | None]] = {}
     for cell in cells:
-        values = by_alpha.setdefault(cell.alpha, {})
-        for column in spec.columns:
-            if plan.fills(column, cell):
-                values[column.label] = read_metric(cell.eval_path(config.results, column.benchmark), column.metric)
+        by_alpha.setdefault(cell.alpha, {}).update(column_values(config, spec, cell))
     if len(by_alpha) > 1:
         scored = [values for values in by_alpha.values() if values.get(spec.id_column) is not None]
         chosen = max(scored, key=lambda values: values[spec.id_column], default={})
     else:
         chosen = next(iter(by_alpha.values()))
-    for name, parts in spec.averages.items():
-        present = [chosen.get(part) for part in parts]
-        chosen[name] = statistics.fmean(present) if all(v is not None for v in present) else None
-    return chosen
+    return with_averages(spec, chosen)
 
 
 def display(config: WorkflowConfig, slot: str, value: str) -> str:

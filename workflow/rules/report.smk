@@ -1,11 +1,13 @@
 # Reports: results/tableN.{md,csv} from the metrics JSON only (stages.reports), the paper's
-# number and the difference beside ours. workflow_config.yaml is the validated config the report
-# CLI reads (rewritten, and the tables rebuilt, when the config changes).
+# number and the difference beside ours; results/figure_<name>.png for the config's figures.
+# workflow_config.yaml is the validated config the report CLI reads (rewritten, and the tables
+# and figures rebuilt, when the config changes).
 
 
 localrules:
     workflow_config,
     report,
+    figure,
 
 
 rule workflow_config:
@@ -36,3 +38,21 @@ rule report:
         "../../environment.yml"
     shell:
         "{params.python} -m stages.reports --config {input.config} --table {wildcards.number} > {log} 2>&1"
+
+
+rule figure:
+    wildcard_constraints:
+        name=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    input:
+        config=f"{RESULTS}/workflow_config.yaml",
+        metrics=figure_metrics,
+    output:
+        report(f"{RESULTS}/figure_{{name}}.png", category="Figures"),
+    log:
+        f"{RESULTS}/logs/report/figure_{{name}}.log",
+    params:
+        python=PYTHON,
+    conda:
+        "../../environment.yml"
+    shell:
+        "{params.python} -m stages.reports --config {input.config} --figure {wildcards.name} > {log} 2>&1"
