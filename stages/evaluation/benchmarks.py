@@ -22,6 +22,7 @@ from stages.evaluation import metrics
 GROUP_METRICS = "groups"  # worst_group, mean_group (+ the same per extra partition)
 MACRO_F1 = "macro_f1"
 WORST_REGION = "worst_region"
+SHORTCUT = "shortcut"  # minority_mean, shortcut_rate (the demo, where class c owns background c)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("fmow-ood", "fmow", "test", "fmow", (WORST_REGION,)),
         # The embedded demo's in-memory dataset.
         Benchmark("synthetic", "synthetic", "test", "synthetic"),
+        # The embedded demo (Fashion-MNIST on injected backgrounds): ID, group shift, domain shifts.
+        Benchmark("demo-id", "fmnist-demo", "test", "fmnist-demo"),
+        Benchmark("demo-group", "fmnist-demo", "group", "fmnist-demo", (GROUP_METRICS, SHORTCUT)),
+        Benchmark("demo-sketch", "fmnist-demo", "sketch", "fmnist-demo"),
+        Benchmark("demo-rendition", "fmnist-demo", "rendition", "fmnist-demo"),
     ]
 }
 
@@ -105,6 +111,9 @@ def score(
             results[f"mean_group_by_{partition}"] = metrics.mean_group(extra)
     if MACRO_F1 in bench.extra_metrics:
         results["macro_f1"] = metrics.macro_f1(predictions, labels)
+    if SHORTCUT in bench.extra_metrics:
+        results["minority_mean"], results["shortcut_rate"] = metrics.background_shortcut(
+            predictions, labels, np.asarray(source.metadata["backgrounds"]))
     if WORST_REGION in bench.extra_metrics:
         results["worst_region"] = metrics.worst_group(table, exclude=("Other",))
     return results, table

@@ -56,6 +56,24 @@ def mean_group(table: Sequence[Mapping[str, Any]]) -> float:
     return float(np.mean([row["top1"] for row in table]))
 
 
+def background_shortcut(predictions: np.ndarray, labels: np.ndarray, backgrounds: np.ndarray) -> tuple[float, float]:
+    """The demo's shortcut measures, where class c "owns" background c.
+
+    minority_mean: unweighted mean accuracy over the (class, background) groups with
+    background != class; shortcut_rate: the share of those samples predicted as the class that
+    owns their background (worst-group accuracy saturates at 0 once a shortcut is learned; these
+    two keep moving).
+    """
+    predictions, labels, backgrounds = np.asarray(predictions), np.asarray(labels), np.asarray(backgrounds)
+    minority = labels != backgrounds
+    if not minority.any():
+        raise ValueError("no sample lies on a background its class does not own")
+    accuracies = [top1(predictions[minority & (labels == c) & (backgrounds == b)], labels[minority & (labels == c)
+                       & (backgrounds == b)])
+                  for c, b in sorted(set(zip(labels[minority].tolist(), backgrounds[minority].tolist())))]
+    return float(np.mean(accuracies)), float(np.mean(predictions[minority] == backgrounds[minority]))
+
+
 def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Macro-F1 over the classes present in `labels` (WILDS ``F1-macro_all``)."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)

@@ -213,7 +213,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         return run_dir / BEST
 
     # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    # The fused CUDA kernel does the whole AdamW update in one launch; CPU keeps the foreach default.
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total_steps))
     use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext

@@ -1,6 +1,8 @@
 # Helpers of the rules (functions only, no rules): each maps a job's wildcards to the TrainConfig
 # of its run (RUNS, built from the validated config by stages.plan) and from there to arguments.
 
+import shlex
+
 import yaml
 
 
@@ -27,6 +29,13 @@ def run_bank(wildcards) -> list:
     run = run_of(wildcards)
     uses_bank = run.method == "starft" and run.spurious.suffix == "spurious"
     return [ancient(run.spurious.bank.as_posix())] if uses_bank else []
+
+
+def demo_inputs(wildcards) -> list[str]:
+    """The demo's data splits and pretrained weights when the config builds them (else nothing)."""
+    if WF.demo is None:
+        return []
+    return [f"{WF.data_root.as_posix()}/fmnist-demo/info.json", WF.demo.weights.as_posix()]
 
 
 def launcher(wildcards, resources) -> str:
@@ -58,6 +67,24 @@ def table_metrics(wildcards) -> list[str]:
     return [path.as_posix() for path in plan.table_inputs(WF, number)]
 
 
+def figure_metrics(wildcards) -> list[str]:
+    """The metrics JSON of the figure's table (the figure reads some of them)."""
+    if wildcards.name not in WF.figures:
+        raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
+    return [path.as_posix() for path in plan.table_inputs(WF, WF.figures[wildcards.name].table)]
+
+
 def workflow_yaml(wildcards) -> str:
     """The validated config as YAML (what stages.reports reads)."""
     return yaml.safe_dump(WF.model_dump(mode="json"), sort_keys=False)
+
+
+def descriptor_arguments(wildcards) -> str:
+    """Options of `python -m stages.descriptors generate` from the validated `descriptors` settings."""
+    settings = WF.descriptors.model_dump(exclude_none=True) if WF.descriptors is not None else {}
+    arguments = []
+    for name, value in settings.items():
+        if name == "concepts" and not isinstance(value, str):
+            value = ",".join(value)
+        arguments += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(argument) for argument in arguments)

@@ -15,45 +15,18 @@
 # refuses different content over an existing version (write v<N+1> instead). Training rules
 # should take banks as ancient() inputs.
 
-import shlex
-import sys
-
-DESCRIPTOR_SETTINGS = ("backend", "model", "base_url", "concepts", "runs", "temperature", "seed")
-
-
-def descriptor_settings() -> dict:
-    """The `descriptors` config mapping, checked for unknown names."""
-    settings = dict(config.get("descriptors") or {})
-    unknown = sorted(set(settings) - set(DESCRIPTOR_SETTINGS))
-    if unknown:
-        raise ValueError(f"unknown descriptors settings {unknown}; known: {list(DESCRIPTOR_SETTINGS)}")
-    return settings
-
-
-def descriptor_arguments(wildcards) -> str:
-    """Command-line options of `python -m stages.descriptors generate` from the settings."""
-    settings = descriptor_settings()
-    arguments = []
-    for name in DESCRIPTOR_SETTINGS:
-        value = settings.get(name)
-        if value is None or value == "":
-            continue
-        if name == "concepts" and not isinstance(value, str):
-            value = ",".join(value)
-        arguments += ["--" + name.replace("_", "-"), str(value)]
-    return " ".join(shlex.quote(argument) for argument in arguments)
-
-
 rule descriptor_bank:
     output:
         protected("descriptor_banks/{slug}/v{version}.json"),
     log:
-        "logs/descriptors/{slug}/v{version}.log",
+        f"{RESULTS}/logs/descriptors/{{slug}}/v{{version}}.log",
     wildcard_constraints:
         slug=r"[^/]+",
         version=r"\d+",
     params:
-        python=sys.executable,
+        python=PYTHON,
         arguments=descriptor_arguments,
+    conda:
+        "../../environment.yml"
     shell:
         "{params.python} -m stages.descriptors generate {params.arguments} --out {output} > {log} 2>&1"

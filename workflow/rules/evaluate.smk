@@ -6,6 +6,7 @@
 rule evaluate:
     input:
         trained_input,
+        demo_inputs,
     output:
         f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}.json",
     log:
@@ -17,6 +18,7 @@ rule evaluate:
         runtime=WF.resources.evaluate.runtime,
     retries: WF.resources.retries
     params:
+        workers=WF.workers,
         python=PYTHON,
         data_root=WF.data_root.as_posix(),
         batch_size=WF.eval_batch_size,
@@ -24,13 +26,14 @@ rule evaluate:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --batch-size {params.batch_size} --workers {threads} --out {output} {params.model} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
+        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model} > {log} 2>&1"
 
 
 rule evaluate_wise:
     input:
         trained_input,
+        demo_inputs,
     output:
         f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}@alpha{{alpha}}.json",
     log:
@@ -42,6 +45,7 @@ rule evaluate_wise:
         runtime=WF.resources.evaluate.runtime,
     retries: WF.resources.retries
     params:
+        workers=WF.workers,
         python=PYTHON,
         data_root=WF.data_root.as_posix(),
         batch_size=WF.eval_batch_size,
@@ -49,6 +53,6 @@ rule evaluate_wise:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --batch-size {params.batch_size} --workers {threads} --out {output} {params.model}"
+        "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
+        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model}"
         " --alpha {wildcards.alpha} > {log} 2>&1"

@@ -26,6 +26,7 @@ rule train:
     input:
         config=f"{RESULTS}/runs/{RUN}/train.yaml",
         bank=run_bank,
+        demo=demo_inputs,
     output:
         f"{RESULTS}/runs/{RUN}/best.pt",
     log:
@@ -42,4 +43,4 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "{params.launcher} -m stages.training --config {input.config} --out {params.run_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} -m stages.training --config {input.config} --out {params.run_dir} > {log} 2>&1"

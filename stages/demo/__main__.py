@@ -1,0 +1,50 @@
+"""``python -m stages.demo data --data-root ROOT`` and ``python -m stages.demo pretrain --data-root ROOT --out FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stages.data.source import DatasetError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="build <data-root>/fmnist-demo/*.npz from Fashion-MNIST")
+    data.add_argument("--data-root", type=Path, required=True)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--correlation", type=float, default=0.95, help="P(class c on its own background) in train/val/test")
+    data.add_argument("--size", action="append", default=[], metavar="SPLIT=N", help="override a split's size")
+    data.add_argument("--cache", type=Path, default=Path(".cache/fashion-mnist"), help="download folder (if online)")
+    pretrain = commands.add_parser("pretrain", help="pretrain the demo's tiny CLIP on the unbiased split")
+    pretrain.add_argument("--data-root", type=Path, required=True)
+    pretrain.add_argument("--out", type=Path, required=True)
+    pretrain.add_argument("--model", default="TinyCLIP-demo")
+    pretrain.add_argument("--steps", type=int, default=800)
+    pretrain.add_argument("--batch-size", type=int, default=256)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "data":
+            from stages.demo.data import build_demo_data, find_fashion_mnist
+
+            sizes = {key: int(value) for key, _, value in (item.partition("=") for item in args.size)}
+            build_demo_data(args.data_root / "fmnist-demo", find_fashion_mnist(args.cache), args.seed,
+                            args.correlation, sizes)
+        else:
+            from stages.demo.pretrain import pretrain as run_pretrain
+
+            summary = run_pretrain(args.data_root, args.out, args.model, args.steps, args.batch_size, args.lr, args.seed)
+            print(json.dumps(summary))
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
