@@ -266,7 +266,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             micro_batches = iter(loader)
             for _ in range(step_in_epoch, steps_per_epoch):
                 started = time.perf_counter()
-                lam = lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
+                lam = (lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
+                       if method.uses_lambda else 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:

@@ -97,7 +97,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     trains: ClassVar[bool] = True
-    uses_descriptors: ClassVar[bool] = False
+    uses_lambda: ClassVar[bool] = False  # whether `lam` (the Star weight) means anything to this method
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__()
@@ -348,7 +348,7 @@ class StarFT(Method):
     its teacher text runs per step.
     """
 
-    uses_descriptors = True
+    uses_lambda = True
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
