@@ -9,7 +9,6 @@ loss is the CLIP contrastive loss of training (losses.ClipLoss) on the trimmed t
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from stages.demo.data import BACKGROUNDS, FMNIST_NAMES
 from stages.io import atomic_torch_save
 from stages.models.factory import create_clip
 from stages.models.text import encode_text_trimmed
+from stages.training.loop import warmup_cosine
 from stages.training.losses import ClipLoss
 
 CAPTION_MIX = (0.60, 0.25, 0.15)
@@ -61,9 +61,7 @@ def pretrain(data_root: Path, out: Path, model_name: str = "TinyCLIP-demo", step
     tokens = tokenizer(captions)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min((t + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (t - warmup) / max(1, steps - warmup))))) if t >= warmup else (t + 1) / warmup)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(1, steps // 20), steps))
     loss_fn = ClipLoss()
     model.train()
     started = time.perf_counter()
