@@ -75,7 +75,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("iwildcam-ood", "iwildcam", "test", "iwildcam", (MACRO_F1,)),
         Benchmark("fmow-id", "fmow", "id_test", "fmow", (WORST_REGION,)),
         Benchmark("fmow-ood", "fmow", "test", "fmow", (WORST_REGION,)),
-        # The embedded demo's in-memory dataset.
+        # The in-memory synthetic dataset of the tests and benchmarks.
         Benchmark("synthetic", "synthetic", "test", "synthetic"),
         # The embedded demo (Fashion-MNIST on injected backgrounds): ID, group shift, domain shifts.
         Benchmark("demo-id", "fmnist-demo", "test", "fmnist-demo"),
