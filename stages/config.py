@@ -13,8 +13,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-METHODS = ("zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft")
-CONCEPTS = ("background", "texture", "resolution", "all")
 Method = Literal["zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"]
 Concept = Literal["background", "texture", "resolution", "all"]
 

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from stages.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
-BASE_CONCEPTS = ("background", "texture", "resolution")
 ALL_CONCEPTS = "all"
 
 
