@@ -222,25 +222,17 @@ def state_bytes(method: Method, optimizer: torch.optim.Optimizer) -> int:
     return sum(storages.values())
 
 
-def peak_flops(device: torch.device, override_tflops: float | None) -> tuple[float | None, str]:
-    """The dense bf16 peak (FLOP/s) MFU divides by, and where it came from."""
+def peak_flops(cuda_device_name: str | None, override_tflops: float | None) -> tuple[float | None, str]:
+    """The dense bf16 peak (FLOP/s) MFU divides by, and where it came from (None: not on CUDA)."""
     if override_tflops is not None:
         return override_tflops * 1e12, "--peak-tflops"
-    if device.type != "cuda":
+    if cuda_device_name is None:
         return None, "none (MFU is reported on CUDA only)"
-    name = torch.cuda.get_device_name(device)
+    name = cuda_device_name
     for key, flops in BF16_PEAK_FLOPS:
         if key in name:
             return flops, f"{name}: dense bf16 table entry {key!r}"
     return None, f"{name} is not in the peak table; pass --peak-tflops"
-
-
-def compile_towers(method: Method) -> None:
-    """torch.compile the image and text transformers of the student and the teacher, in place."""
-    for model in (method.student, getattr(method, "teacher", None)):
-        if model is not None:
-            model.visual.compile()
-            model.transformer.compile()
 
 
 def measure_eval(
@@ -309,7 +301,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if round_index == 0:
                 candidate.flops_per_step = counting_flops(step)
                 if args.compile:
-                    compile_towers(candidate.method)
+                    candidate.method.compile_towers()
                 continue
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -323,7 +315,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] round {round_index + 1}/{args.warmup + args.steps}"
               f"{' (warm-up)' if round_index < args.warmup else ''}", file=sys.stderr)
 
-    peak, peak_source = peak_flops(device, args.peak_tflops)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak, peak_source = peak_flops(device_name, args.peak_tflops)
     methods: dict[str, dict[str, Any]] = {}
     for candidate in candidates:
         step_time = statistics.median(candidate.step_times)
@@ -347,7 +340,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         process_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
     return {
         "arch": args.arch, "pretrained": args.pretrained, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_name or "cpu",
         "precision": precision, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
         "classes": args.classes, "descriptors": len(descriptors), "lam": args.lam, "compile": args.compile,
         "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -35,3 +35,12 @@ def tiny_config(method: str = "starft", **overrides: object) -> TrainConfig:
             node = node.setdefault(key, {})
         node[leaf] = value
     return TrainConfig.model_validate(raw)
+
+
+def move_student_off_teacher(method: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Add seeded noise to a method's student: at initialisation it equals its frozen teacher, where
+    the Star term and its gradient are ~0 and a parity test of them could not fail."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in method.student.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))

@@ -7,10 +7,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import tiny_config
-from stages.bench import ReferenceStarFT, main, synthetic_batch
+from conftest import move_student_off_teacher, tiny_config
+from stages.bench import ReferenceStarFT, main, peak_flops, synthetic_batch
 from stages.models import create_clip
 from stages.training.methods import MethodContext, StarFT
 
@@ -53,13 +54,15 @@ def test_reference_step_equals_optimised_starft_step() -> None:
                              DESCRIPTORS, total_steps=10)
 
     optimised, reference = StarFT(context()), ReferenceStarFT(context())
+    for method in (optimised, reference):
+        move_student_off_teacher(method, seed=2)  # the same noise: still identical students
     assert not hasattr(reference, "teacher_text")
     batch = synthetic_batch(torch.Generator().manual_seed(1), 12, bundle.image_size, len(CLASSNAMES),
                             len(DESCRIPTORS), torch.device("cpu"))
     results = []
     for method in (optimised, reference):
         terms = method.training_step(batch, lam=0.7)
-        assert set(terms) == {"clip", "star"}
+        assert set(terms) == {"clip", "star"} and terms["star"] > 1e-3
         loss = sum(terms.values())
         results.append((terms, loss, torch.autograd.grad(loss, method.trainable_parameters())))
     (terms, loss, grads), (ref_terms, ref_loss, ref_grads) = results
@@ -70,3 +73,24 @@ def test_reference_step_equals_optimised_starft_step() -> None:
     for grad, ref_grad in zip(grads, ref_grads):  # fp32 summation-order noise is ~5e-6 at most here
         assert grad.abs().max() > 1e-3 or ref_grad.abs().max() == 0
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_mfu_peak_table_and_override() -> None:
+    assert peak_flops("NVIDIA H200", None)[0] == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", None)[0] == 756e12  # the PCIe entry wins over plain H100
+    assert peak_flops("NVIDIA H100 80GB HBM3", None)[0] == 989e12
+    unknown, source = peak_flops("NVIDIA GeForce RTX 3090", None)
+    assert unknown is None and "--peak-tflops" in source
+    assert peak_flops(None, None)[0] is None  # CPU
+    assert peak_flops(None, 100.0) == (100e12, "--peak-tflops")
+
+
+def test_mfu_is_executed_flops_over_time_and_peak(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    main(["--arch", "TinyCLIP-test", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--classes", "5",
+          "--device", "cpu", "--methods", "flyp,starft", "--peak-tflops", "0.5", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["peak_flops"] == 0.5e12
+    for record in result["methods"].values():
+        assert record["mfu"] == pytest.approx(record["flops_per_step"] / record["step_time_s"] / 0.5e12)
+        assert record["tflops_per_s"] == pytest.approx(record["mfu"] * 0.5)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import tiny_config
+from conftest import move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
 from stages.training.distributed import average_gradients
@@ -32,11 +32,13 @@ def _step(method_name: str, rank: int, world_size: int) -> tuple[float, list[tor
     bundle = create_clip("TinyCLIP-test", None)
     source = build_dataset("synthetic", None, "train:8")
     method = build_method(method_name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=4))
+    move_student_off_teacher(method)  # else the Star and distillation terms sit at their ~0 minimum
     method.double()  # float64 so that only the gather itself, not rounding, could make a difference
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
     batch = {"image": images, "label": torch.tensor(source.labels), "descriptor_index": torch.arange(8) % 3}
     shard = {key: value[rank::world_size] for key, value in batch.items()}
     terms = method.training_step(shard, lam=0.8)
+    assert all(float(value.detach()) > 1e-3 for name, value in terms.items() if name in ("star", "distill"))
     loss = sum(terms.values())
     loss.backward()
     params = method.trainable_parameters()

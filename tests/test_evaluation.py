@@ -11,13 +11,15 @@ import torch
 import torch.nn.functional as F
 
 import fakes
+from conftest import tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.evaluation import metrics
 from stages.evaluation.benchmarks import get_benchmark, score
-from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, main
+from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, load_run, main
 from stages.evaluation.zeroshot import HeadCache, text_head
 from stages.io import atomic_torch_save, atomic_write_json
 from stages.models.factory import create_clip
+from stages.training.loop import train
 
 TINY = "TinyCLIP-test"
 
@@ -201,6 +203,18 @@ def test_wise_ft_alpha_zero_is_the_zero_shot_model(tiny: EvalModel, tmp_path: Pa
     _fake_run(run_dir, None)
     payload = _run_cli(tmp_path, run_dir, "waterbirds", "--alpha", "0")
     assert payload["metrics"]["top1"] == pytest.approx(_reference_top1(tiny, tmp_path / "data")[0])
+
+
+def test_wise_ft_start_of_a_random_weight_run_is_its_own_seeds_init(tmp_path: Path) -> None:
+    train(tiny_config("flyp", seed=3, optim__epochs=1, optim__max_steps_per_epoch=1), tmp_path / "run")
+    torch.manual_seed(3)
+    init = create_clip(TINY, "none").model.state_dict()
+    endpoints = {alpha: load_run(tmp_path / "run", alpha=alpha).bundle.model.state_dict() for alpha in (0.0, 1.0)}
+    trained = load_run(tmp_path / "run").bundle.model.state_dict()
+    assert any(not torch.equal(init[key], trained[key]) for key in init)  # the step moved the weights
+    for key in init:
+        torch.testing.assert_close(endpoints[0.0][key], init[key], rtol=0, atol=1e-7)
+        torch.testing.assert_close(endpoints[1.0][key], trained[key], rtol=0, atol=1e-7)
 
 
 def test_class_count_mismatch_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

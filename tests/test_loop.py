@@ -187,3 +187,31 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path) -> None:
     fresh = torch.load(tmp_path / "fresh" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(ours[k], fresh[k]) for k in ours)
     assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_compile_option_trains_like_eager_and_its_checkpoint_resumes_eagerly(tmp_path: Path) -> None:
+    bank = str(REPO / "descriptor_banks" / "official-code.json")
+    # A small lr: AdamW's first updates are ±lr wherever a gradient is at rounding level, which
+    # would amplify the compiled kernels' different float rounding into visibly different weights.
+    settings = {"spurious__bank": bank, "optim__lr": 1e-5}
+    eager, compiled = tiny_config("starft", **settings), tiny_config("starft", compile=True, **settings)
+    train(eager, tmp_path / "eager")
+    train(compiled, tmp_path / "compiled")
+    logs = {run: [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
+            for run in ("eager", "compiled")}
+    assert [r["step"] for r in logs["compiled"]] == [1, 2, 3, 4]
+    # The Star term runs in epoch 0 only (λ_1 = 0), where the student is still ~ the teacher (~0);
+    # test_methods checks its gradients away from that point.
+    for key in ("loss", "loss_clip", "loss_star"):
+        assert ([r[key] for r in logs["compiled"] if key in r]
+                == pytest.approx([r[key] for r in logs["eager"] if key in r], rel=1e-5, abs=1e-5))
+    weights = {run: torch.load(tmp_path / run / "best.pt", weights_only=True)["state_dict"] for run in logs}
+    for key, value in weights["eager"].items():  # state dict keys unchanged by compilation
+        torch.testing.assert_close(weights["compiled"][key], value, rtol=1e-3, atol=1e-4)
+
+    # compile only changes how a run executes: its checkpoint is resumed by the eager config.
+    (tmp_path / "compiled" / "best.pt").unlink()
+    train(eager, tmp_path / "compiled")
+    resumed = torch.load(tmp_path / "compiled" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed[key], value) for key, value in weights["compiled"].items())
+    assert len((tmp_path / "compiled" / "train_log.jsonl").read_text().splitlines()) == 4

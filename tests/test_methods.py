@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.training.losses import ClipLoss, star_loss
@@ -102,8 +102,10 @@ def test_cached_teacher_text_equals_on_the_fly_teacher_forward() -> None:
 def test_star_step_equals_plain_reference_step() -> None:
     """The optimised step (cache, trimming, one fused text forward) equals the official-style step."""
     method, source, bundle = make_method("starft")
+    move_student_off_teacher(method)
     batch = batch_from(source, bundle)
     terms = method.training_step(batch, lam=0.7)
+    assert terms["star"] > 1e-3
     grads = torch.autograd.grad(sum(terms.values()), method.trainable_parameters())
     student, teacher = method.student, method.teacher
     labels = batch["label"]
@@ -165,3 +167,29 @@ def test_teacher_stays_in_eval_mode_when_the_method_trains(name: str) -> None:
     method, _, _ = make_method(name)
     method.train()
     assert method.student.training and not method.teacher.training
+
+
+def test_compiled_towers_give_the_eager_loss_and_gradients() -> None:
+    """The `compile` option is a speed-up only: same loss and gradients as eager, same state dict keys."""
+    from torch._dynamo.utils import counters
+
+    eager, source, bundle = make_method("starft")
+    move_student_off_teacher(eager)
+    compiled = copy.deepcopy(eager)
+    compiled.compile_towers()
+    torch._dynamo.reset()  # forget graphs other tests compiled for identical towers
+    graphs_before = counters["stats"]["unique_graphs"]
+    for seed in (0, 1):  # two batches: other descriptors, so another trimmed text length
+        batch = batch_from(source, bundle, seed=seed)
+        losses, grads = [], []
+        for method in (eager, compiled):
+            terms = method.training_step(batch, lam=0.7)
+            assert terms["star"] > 1e-3
+            loss = sum(terms.values())
+            losses.append(loss)
+            grads.append(torch.autograd.grad(loss, method.trainable_parameters()))
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+        for got, want in zip(grads[1], grads[0]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # the towers really ran compiled
+    assert compiled.student.state_dict().keys() == eager.student.state_dict().keys()

@@ -79,7 +79,9 @@ def load_run(run_dir: Path, checkpoint: str = BEST, alpha: float | None = None) 
     bundle, head = trained.bundle, trained.head_weight
     if alpha is not None:
         start = trained.run_config["model"]
-        torch.manual_seed(0)
+        # Weights the run started from: its loop seeded torch with the run's seed before creating
+        # the model, which only matters for random (``none``) weights.
+        torch.manual_seed(trained.run_config.get("config", {}).get("seed", 0))
         zeroshot = create_clip(start["name"], start["pretrained"])
         merged = interpolate_state_dicts(zeroshot.model.state_dict(), bundle.model.state_dict(), alpha)
         if head is not None:

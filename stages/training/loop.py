@@ -142,6 +142,24 @@ def _weights_payload(method: Method, config: TrainConfig, step: int) -> dict[str
             "method": config.method, "step": step}
 
 
+# Settings that change how a run executes, not what it computes: a checkpoint written under
+# other values of these is still this run's and is resumed.
+_EXECUTION_ONLY = ("device", "compile", "checkpoint_every")
+
+
+def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's config describes this run (ignoring execution-only settings and loader workers)."""
+    if saved is None:
+        return False
+
+    def identity(config: dict[str, Any]) -> dict[str, Any]:
+        kept = {key: value for key, value in config.items() if key not in _EXECUTION_ONLY}
+        kept["data"] = {key: value for key, value in config.get("data", {}).items() if key != "workers"}
+        return kept
+
+    return identity(saved) == identity(current)
+
+
 @torch.no_grad()
 def _validate(method: Method, loader: DataLoader, device: torch.device) -> float:
     method.eval()
@@ -188,6 +206,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     total_steps = steps_per_epoch * optim.epochs
     method = build_method(config.method, MethodContext(bundle, train_source.classnames, config, descriptors,
                                                       total_steps)).to(device)
+    if config.compile:
+        method.compile_towers()  # compiled lazily, on the first step that calls each tower
     samples = TrainingSamples(train_source, bundle.preprocess_train, config.seed, len(descriptors))
     val_loader = None
     if config.select == "val":
@@ -223,7 +243,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
     state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False) if (run_dir / LAST).is_file() else None
-    if state is not None and state.get("config") != run_record["config"]:
+    if state is not None and not _same_run(state.get("config"), run_record["config"]):
         # Resuming someone else's optimiser state would silently mix two runs.
         print(f"{run_dir / LAST} was written by a different config: starting this run from scratch")
         state = None

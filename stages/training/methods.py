@@ -139,6 +139,22 @@ class Method(nn.Module):
         )
         return _unit(self.student.encode_image(images).float()) @ weights.T
 
+    def compile_towers(self) -> None:
+        """``torch.compile`` the image and text towers of the student and of the teacher, in place.
+
+        ``nn.Module.compile`` wraps each tower's call, so parameter names, state dicts and
+        checkpoints are unchanged; the losses stay eager (they are small and must stay fp32).
+        The trimmed text length varies between batches, which dynamo handles by marking that
+        dimension dynamic after its first recompilation.
+        """
+        for model in (self.student, getattr(self, "teacher", None)):
+            if model is None:
+                continue
+            for tower in ("visual", "transformer", "text"):  # open_clip CLIP, or CustomTextCLIP's text tower
+                module = getattr(model, tower, None)
+                if isinstance(module, nn.Module):
+                    module.compile()
+
     def teacher_state(self) -> dict[str, Tensor] | None:
         """State of a moving teacher that a resumed run must restore (CaRot's EMA), else None."""
         return None
