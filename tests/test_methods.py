@@ -67,6 +67,28 @@ def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) ->
         assert method.head_state()["weight"].shape == (4, 32)
 
 
+@pytest.mark.parametrize("name", [name for name in available_methods() if name != "zeroshot"])
+def test_bf16_autocast_keeps_fp32_weights_losses_and_gradients_close_to_fp32(name: str) -> None:
+    """The GPU precision rule, run on CPU: bf16 matmuls, fp32 master weights, fp32 loss terms."""
+    method, source, bundle = make_method(name)
+    move_student_off_teacher(method)
+    batch = batch_from(source, bundle)
+    results = []
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(5)  # the same per-step draws (Lipsum-FT's random texts) in both passes
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            terms = method.training_step(batch, lam=0.7)
+        assert all(value.dtype == torch.float32 for value in terms.values()), {k: v.dtype for k, v in terms.items()}
+        loss = sum(terms.values())
+        results.append((loss, torch.autograd.grad(loss, method.trainable_parameters())))
+    (loss32, grads32), (loss16, grads16) = results
+    assert all(p.dtype == torch.float32 for p in method.trainable_parameters())
+    torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=1e-3)
+    flat32, flat16 = torch.cat([g.flatten() for g in grads32]), torch.cat([g.flatten() for g in grads16])
+    assert all(g.dtype == torch.float32 for g in grads16)
+    assert F.cosine_similarity(flat16, flat32, dim=0) > 0.99  # bf16 has 8 mantissa bits: close, not equal
+
+
 def test_carot_ema_moves_teacher_towards_student() -> None:
     method, source, bundle = make_method("carot", options__carot_ema_every=1)
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
