@@ -6,8 +6,9 @@
 #
 # Uses .venv when it exists, else a python3 that already has torch and open_clip (the package
 # itself is then put on PYTHONPATH); it never downloads anything. Overrides for a CPU smoke run
-# of this script: ARCH, BATCH, DEVICE, PRECISION, CLASSES, STEPS, WARMUP, OUT; COMPILE=1 adds
-# --compile (minutes of compilation; not part of the 5-minute budget).
+# of this script (tests/test_bench.py runs one): ARCH, BATCH, DEVICE, PRECISION, CLASSES, STEPS,
+# WARMUP, OUT, PEAK_TFLOPS (MFU peak for a device not in the table); COMPILE=1 adds --compile
+# (minutes of compilation; not part of the 5-minute budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -41,7 +42,7 @@ fi
 
 timeout 280 "$PY" -m stages.bench --arch "$ARCH" --batch-size "$BATCH" --device "$DEVICE" \
     --precision "$PRECISION" --classes "$CLASSES" --steps "$STEPS" --warmup "$WARMUP" \
-    ${COMPILE:+--compile} --out "$OUT"
+    ${COMPILE:+--compile} ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"} --out "$OUT"
 
 "$PY" - "$OUT" <<'EOF'
 import json
