@@ -160,7 +160,8 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
 # Workflow level: the grid snakemake expands (config/config.yaml, config/paper.yaml)
 # --------------------------------------------------------------------------------------------
 
-Metric = Literal["top1", "worst_group", "mean_group", "macro_f1", "worst_region", "minority_mean", "shortcut_rate"]
+Metric = Literal["top1", "worst_group", "mean_group", "adjusted_mean", "macro_f1", "worst_region", "minority_mean",
+                 "shortcut_rate"]
 RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]

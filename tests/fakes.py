@@ -66,15 +66,18 @@ def sketch(root: Path, indices: list[int]) -> None:
 WATERBIRDS_HEADER = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
 
 
-def waterbirds(root: Path, per_group: int = 2) -> list[tuple[int, int, int]]:
-    """All 4 (y, place) groups in every split; returns (y, split, place) per row."""
+def waterbirds(root: Path, per_group: int = 2, train_counts: tuple[int, int, int, int] | None = None
+               ) -> list[tuple[int, int, int]]:
+    """All 4 (y, place) groups in every split (train: `train_counts` per group 2y + place, if given);
+    returns (y, split, place) per row."""
     base = root / "waterbird_complete95_forest2water2"
     rows, keys = [], []
     species = {0: "001.Black_footed_Albatross", 1: "094.White_breasted_Nuthatch"}
     for split in range(3):
         for y in range(2):
             for place in range(2):
-                for n in range(per_group):
+                count = train_counts[2 * y + place] if split == 0 and train_counts else per_group
+                for n in range(count):
                     img_id = len(rows) + 1
                     filename = f"{species[1 - y]}/{species[1 - y].split('.')[1]}_{img_id:04d}_{n}.jpg"
                     image(base / filename, 40 * y + 100 * place + n)

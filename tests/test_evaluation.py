@@ -50,6 +50,14 @@ def test_worst_group_mean_group_and_top1_known_answer() -> None:
     assert metrics.top1(np.array(predictions), np.array(labels)) == pytest.approx(weighted) == pytest.approx(0.7)
 
 
+def test_train_weighted_group_mean_known_answer() -> None:
+    table = [{"group": "a", "n": 5, "top1": 1.0}, {"group": "b", "n": 5, "top1": 0.0}, {"group": "c", "n": 5, "top1": 0.5}]
+    counts = {"a": 70, "b": 10, "c": 20, "unused": 999}
+    assert metrics.train_weighted_group_mean(table, counts) == pytest.approx((70 * 1.0 + 10 * 0.0 + 20 * 0.5) / 100)
+    with pytest.raises(ValueError, match="group"):
+        metrics.train_weighted_group_mean(table, {"a": 1, "b": 1})
+
+
 def test_macro_f1_known_answer_counts_only_classes_present() -> None:
     labels = [0, 0, 0, 1, 1, 2]
     predictions = [0, 0, 1, 1, 3, 2]  # class 3 is only predicted
@@ -142,7 +150,7 @@ def _reference_top1(tiny: EvalModel, root: Path) -> tuple[float, list[int]]:
 
 
 def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) -> None:
-    fakes.waterbirds(tmp_path / "data")
+    fakes.waterbirds(tmp_path / "data", train_counts=(7, 1, 2, 5))
     out = tmp_path / "m.json"
     assert main(["--benchmark", "waterbirds", "--data-root", str(tmp_path / "data"), "--out", str(out),
                  "--model", TINY, "--pretrained", "none", "--batch-size", "3", "--workers", "0", "--device", "cpu"]) == 0
@@ -152,12 +160,14 @@ def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) ->
     assert payload["model"] | {"head": None} == {"name": TINY, "pretrained": "none", "run_dir": None, "checkpoint": None,
                                                 "checkpoint_sha256": None, "alpha": None, "head": None}
     assert payload["model"]["head"] == "text"
-    assert set(payload["metrics"]) == {"top1", "worst_group", "mean_group"}
+    assert set(payload["metrics"]) == {"top1", "worst_group", "mean_group", "adjusted_mean"}
     assert all(0.0 <= value <= 1.0 for value in payload["metrics"].values())
     assert [row["group"] for row in payload["groups"]] == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
     expected_top1, _ = _reference_top1(tiny, tmp_path / "data")
     assert payload["metrics"]["top1"] == pytest.approx(expected_top1)
     assert payload["metrics"]["worst_group"] == min(row["top1"] for row in payload["groups"])
+    adjusted = sum(row["top1"] * n for row, n in zip(payload["groups"], (7, 1, 2, 5))) / 15  # train shares
+    assert payload["metrics"]["adjusted_mean"] == pytest.approx(adjusted)
 
 
 def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | None = None) -> None:

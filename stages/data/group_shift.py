@@ -41,12 +41,17 @@ def waterbirds(root: Path, split: str) -> LabeledImages:
     if not keep:
         raise DatasetError(f"{metadata}: no rows with split == {WATERBIRDS_SPLITS[split]} ({split})")
     names = classnames("waterbirds")
+    group_names = [f"{bird}/{place}" for bird in names for place in ("land", "water")]
+    groups = [2 * label + place for label, place in zip(labels, places)]
+    train_groups = [group for group, split_id in zip(groups, split_ids) if split_id == WATERBIRDS_SPLITS["train"]]
     return LabeledImages(
         name="waterbirds", classnames=names,
         images=PathList(base, [rows[i]["img_filename"] for i in keep]),
         labels=[labels[i] for i in keep],
-        groups=[2 * labels[i] + places[i] for i in keep],
-        group_names=[f"{bird}/{place}" for bird in names for place in ("land", "water")],
+        groups=[groups[i] for i in keep],
+        group_names=group_names,
+        # For WILDS' adjusted average (metric adjusted_mean): test accuracy re-weighted to these shares.
+        metadata={"train_group_counts": {name: train_groups.count(g) for g, name in enumerate(group_names)}},
     )
 
 

@@ -22,6 +22,7 @@ from stages.evaluation import metrics
 GROUP_METRICS = "groups"  # worst_group, mean_group (+ the same per extra partition)
 MACRO_F1 = "macro_f1"
 WORST_REGION = "worst_region"
+TRAIN_WEIGHTED = "train_weighted"  # adjusted_mean: group accuracies weighted by the train split's group shares
 SHORTCUT = "shortcut"  # minority_mean, shortcut_rate (the demo, where class c owns background c)
 
 
@@ -59,7 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("imagenet-a", "imagenet-a", "test", "imagenet", imagenet_head=True),
         Benchmark("imagenet-sketch", "imagenet-sketch", "test", "imagenet"),
         # Group shift (Table 3): one Table 14 prompt each.
-        Benchmark("waterbirds", "waterbirds", "test", "waterbirds", (GROUP_METRICS,)),
+        Benchmark("waterbirds", "waterbirds", "test", "waterbirds", (GROUP_METRICS, TRAIN_WEIGHTED)),
         Benchmark("pacs", "pacs", "test", "pacs", (GROUP_METRICS,)),
         Benchmark("cifar10.02", "cifar10.02", "test", "cifar10.02", (GROUP_METRICS,)),
         # Zero-shot transfer (Table 4): OpenAI per-dataset templates.
@@ -109,6 +110,8 @@ def score(
             extra = metrics.group_accuracies(predictions, labels, np.asarray(groups), names)
             results[f"worst_group_by_{partition}"] = metrics.worst_group(extra)
             results[f"mean_group_by_{partition}"] = metrics.mean_group(extra)
+    if TRAIN_WEIGHTED in bench.extra_metrics:
+        results["adjusted_mean"] = metrics.train_weighted_group_mean(table, source.metadata["train_group_counts"])
     if MACRO_F1 in bench.extra_metrics:
         results["macro_f1"] = metrics.macro_f1(predictions, labels)
     if SHORTCUT in bench.extra_metrics:

@@ -4,6 +4,9 @@
   average of the group accuracies.
 - per-group accuracy over the non-empty groups; worst-group = their minimum; mean-group = their
   unweighted mean.
+- train-weighted group mean (Waterbirds, WILDS ``adj_acc_avg``): the group accuracies weighted
+  by each group's share of the *training* split, i.e. test accuracy re-weighted to the training
+  distribution (3498/184/56/1057 of 4795 for Waterbirds).
 - macro-F1 as WILDS/sklearn ``f1_score(average="macro", labels=unique(y_true))``: the mean F1 over
   the classes present in the labels (a class that is only predicted adds false positives to none).
 - worst-region (FMoW): worst-group over the regions, ``Other`` excluded, as WILDS does.
@@ -54,6 +57,15 @@ def worst_group(table: Sequence[Mapping[str, Any]], exclude: Sequence[str] = ())
 def mean_group(table: Sequence[Mapping[str, Any]]) -> float:
     """Unweighted mean of the group accuracies."""
     return float(np.mean([row["top1"] for row in table]))
+
+
+def train_weighted_group_mean(table: Sequence[Mapping[str, Any]], train_counts: Mapping[str, int]) -> float:
+    """sum_g acc_g * n_g^train / sum_g n_g^train over the groups of `table` (WILDS' adjusted average)."""
+    missing = [row["group"] for row in table if not train_counts.get(row["group"])]
+    if missing:
+        raise ValueError(f"no training samples counted for group(s) {', '.join(missing)}")
+    total = sum(train_counts[row["group"]] for row in table)
+    return float(sum(row["top1"] * train_counts[row["group"]] for row in table) / total)
 
 
 def background_shortcut(predictions: np.ndarray, labels: np.ndarray, backgrounds: np.ndarray) -> tuple[float, float]:
