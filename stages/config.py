@@ -225,6 +225,8 @@ class TableSpec(Strict):
     id_column: str | None = Field(None, description="column whose value picks the WiSE-FT α")
     columns: list[ColumnSpec] = Field(min_length=1)
     averages: dict[str, list[str]] = Field({}, description="extra columns: label -> column labels averaged")
+    rank: str | None = Field(None, description="label of an extra last column: each row's average rank over the "
+                             "columns (1 = best, ties share the better rank), from the mean values (Table 5)")
     paper: bool = Field(True, description="print the paper's number and the difference beside ours")
 
     @model_validator(mode="after")
@@ -239,6 +241,8 @@ class TableSpec(Strict):
             unknown = sorted(set(parts) - set(labels))
             if unknown or not parts:
                 raise ValueError(f"averages.{name}: {unknown or 'no'} columns; columns are {labels}")
+        if self.rank is not None and self.rank in [*labels, *self.averages]:
+            raise ValueError(f"rank: {self.rank!r} is already a column label")
         if self.alphas and (self.id_column not in labels or "ensemble" not in self.rows):
             raise ValueError(f"alphas need 'ensemble' in rows and id_column set to one of the columns {labels}")
         return self

@@ -11,6 +11,7 @@ from stages import plan
 from stages.config import WorkflowConfig, validate_workflow_config
 from stages.io import atomic_write_json
 from stages.reports.__main__ import main
+from stages.reports import tables
 from stages.reports.tables import build_table, markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +72,27 @@ def test_cli_writes_markdown_and_csv(paper: WorkflowConfig, tmp_path: Path) -> N
     assert main(["--config", str(config), "--table", "3", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "table3.csv").read_text().startswith("method,Waterbirds_WG,Waterbirds_WG_std,")
     assert main(["--config", str(config), "--table", "13"]) == 2
+
+
+def test_table5_average_rank_reproduces_the_papers_from_its_own_numbers(paper: WorkflowConfig) -> None:
+    spec = paper.tables[5]
+    metric = {column.label: column.metric for column in spec.columns}
+    for cell in plan.table_cells(paper, 5):
+        key = tables.paper_key(paper, spec, cell.run, ensemble=False)
+        numbers = tables.paper_values(paper, 5, cell)
+        if not numbers:
+            continue  # Lipsum-FT: not in the paper's Table 5, so it stays missing and unranked
+        for column in spec.columns:
+            if plan.fills(column, cell):
+                write_metrics(cell.eval_path(paper.results, column.benchmark),
+                              **{metric[column.label]: numbers[column.label] / 100})
+        assert key["method"] in {"Zeroshot", "FT", "FLYP", "CAR-FT", "CaRot", "StarFT"}
+    table = build_table(paper, 5)
+    ranked = {row.labels[0]: row.stats["avg_rank"] for row in table.rows}
+    assert ranked["Lipsum-FT"].mean is None
+    for name, stat in ranked.items():
+        if name != "Lipsum-FT":
+            assert round(stat.mean, 1) == stat.paper, name  # ties (FMoW 68.6 / 68.4) share the better rank
+    assert ranked["StarFT"].mean == pytest.approx((1 + 2 + 1 + 2 + 1 + 3) / 6)
+    text = markdown(table)
+    assert "| StarFT | 97.20 ± 0.00 [97.20, +0.00]" in text and "| 1.67 [1.70, -0.03] |" in text

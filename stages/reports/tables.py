@@ -4,7 +4,10 @@ A row is one value of the table's row slots (``TableSpec.rows``); for each seed 
 column is ``metrics[<metric>]`` of the metrics file of the run that fills the column, in percent.
 Rows with WiSE-FT alphas take, per seed, the α with the best ``id_column`` value. An average
 column is the per-seed mean of its parts (only when every part is present), then aggregated
-like any column. A value that has no metrics file is missing (``—`` in markdown, empty in CSV),
+like any column. A rank column (Table 5's average rank) is computed from the rows' means: per
+column, a row's rank is 1 + the number of rows with a strictly higher mean (ties share the better
+rank, which reproduces the paper's Table 5), averaged over the columns; a row missing any column
+has no rank. A value that has no metrics file is missing (``—`` in markdown, empty in CSV),
 never zero. The paper's numbers come from ``stages/reports/paper/tableN.csv`` (copied from the
 paper; Tables 6 and 8 in Table 2's column order, as their notes say).
 """
@@ -41,6 +44,7 @@ class Stat:
 
     values: list[float]
     paper: float | None = None
+    derived: bool = False  # computed from other columns' means (a rank): no std, no seed count
 
     @property
     def mean(self) -> float | None:
@@ -48,6 +52,8 @@ class Stat:
 
     @property
     def std(self) -> float | None:
+        if self.derived:
+            return None
         return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
 
     @property
@@ -73,8 +79,12 @@ class Table:
     rows: list[Row]
 
     @property
-    def columns(self) -> list[str]:
+    def value_columns(self) -> list[str]:
         return [column.label for column in self.spec.columns] + list(self.spec.averages)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.value_columns + ([self.spec.rank] if self.spec.rank else [])
 
     @property
     def cells(self) -> int:
@@ -191,11 +201,29 @@ def build_table(config: WorkflowConfig, number: int) -> Table:
         first = next(iter(by_seed.values()))[0]
         paper = paper_values(config, number, first) if spec.paper else {}
         row = Row([display(config, slot, value) for slot, value in zip(spec.rows, key)], len(by_seed))
-        for label in table.columns:
+        for label in table.value_columns:
             values = [seed[label] for seed in per_seed if seed.get(label) is not None]
             row.stats[label] = Stat(values, paper.get(label))
+        if spec.rank:
+            row.stats[spec.rank] = Stat([], paper.get(spec.rank), derived=True)
         table.rows.append(row)
+    if spec.rank:
+        for row, rank in zip(table.rows, average_ranks(table.rows, [column.label for column in spec.columns])):
+            row.stats[spec.rank].values = [] if rank is None else [rank]
     return table
+
+
+def average_ranks(rows: list[Row], labels: list[str]) -> list[float | None]:
+    """Each row's mean over `labels` of 1 + #rows with a strictly higher mean there (None if a mean is missing)."""
+    means = [[row.stats[label].mean for label in labels] for row in rows]
+    ranks: list[float | None] = []
+    for own in means:
+        if any(value is None for value in own):
+            ranks.append(None)
+            continue
+        per_column = [1 + sum(other[c] is not None and other[c] > own[c] for other in means) for c in range(len(labels))]
+        ranks.append(statistics.fmean(per_column))
+    return ranks
 
 
 def _number(value: float | None, signed: bool = False) -> str:
@@ -214,8 +242,8 @@ def markdown(table: Table) -> str:
         cells = []
         for label in table.columns:
             stat = row.stats[label]
-            text = "—" if stat.mean is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
-            if stat.values and len(stat.values) < row.seeds:
+            text = "—" if stat.mean is None else f"{stat.mean:.2f}" + ("" if stat.derived else f" ± {stat.std:.2f}")
+            if stat.values and len(stat.values) < row.seeds and not stat.derived:
                 text += f" (n={len(stat.values)})"
             if spec.paper:
                 text += f" [{_number(stat.paper) or '—'}, {_number(stat.diff, signed=True) or '—'}]"
@@ -234,7 +262,7 @@ def csv_text(table: Table) -> str:
         values = []
         for label in table.columns:
             stat = row.stats[label]
-            values += [_number(stat.mean), _number(stat.std), str(len(stat.values))]
+            values += [_number(stat.mean), _number(stat.std), "" if stat.derived else str(len(stat.values))]
             if table.spec.paper:
                 values += [_number(stat.paper), _number(stat.diff, signed=True)]
         writer.writerow(row.labels + values)
