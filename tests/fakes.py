@@ -188,3 +188,35 @@ def fmow(root: Path) -> None:
     for index in range(len(FMOW_ROWS)):
         image(base / "images" / f"rgb_img_{index}.png", index)
     (base / "RELEASE_v1.1.txt").write_text("")
+
+
+def flowers102_original(root: Path, classes: list[int], sets: dict[str, list[int]]) -> None:
+    """``flowers-102/{jpg/, imagelabels.mat, setid.mat}``: image i (1-based) has OpenAI-order class classes[i-1]."""
+    from scipy.io import savemat
+
+    base = root / "flowers-102"
+    for number in range(1, len(classes) + 1):
+        image(base / "jpg" / f"image_{number:05d}.jpg", number)
+    savemat(base / "imagelabels.mat", {"labels": np.array([classes], dtype=np.uint8)})
+    savemat(base / "setid.mat", {key: np.array([ids], dtype=np.uint16) for key, ids in sets.items()})
+
+
+def stanford_cars_original(root: Path, meta_names: list[str], train: list[int], test: list[int]) -> None:
+    """``stanford_cars/{devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat}`` (torchvision layout);
+    `train` / `test` are the 1-based class ids of the images 00001.jpg, 00002.jpg, ..."""
+    from scipy.io import savemat
+
+    base = root / "stanford_cars"
+    record = [("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"), ("bbox_y2", "O"), ("class", "O"), ("fname", "O")]
+
+    def annotations(folder: str, classes: list[int]) -> np.ndarray:
+        rows = []
+        for number, cls in enumerate(classes, start=1):
+            image(base / folder / f"{number:05d}.jpg", number)
+            rows.append((1, 1, 7, 7, cls, f"{number:05d}.jpg"))
+        return np.array(rows, dtype=record)
+
+    (base / "devkit").mkdir(parents=True, exist_ok=True)
+    savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([meta_names], dtype=object)})
+    savemat(base / "devkit" / "cars_train_annos.mat", {"annotations": annotations("cars_train", train)})
+    savemat(base / "cars_test_annos_withlabels.mat", {"annotations": annotations("cars_test", test)})

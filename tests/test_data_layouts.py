@@ -10,6 +10,7 @@ import pytest
 import fakes
 from stages.data.layout import classnames, data_file, templates
 from stages.data.source import DatasetError, ImageDataset, build_dataset, load_image
+from stages.data.transfer import flyp_cars_split
 
 
 def _pixels(source, index: int) -> np.ndarray:
@@ -189,6 +190,50 @@ def test_cars_and_flowers_follow_the_sorted_folder_order(tmp_path: Path, name: s
     fakes.folder_classes(tmp_path / folder / "test", ["Not_A_Class"])
     with pytest.raises(DatasetError, match="Not_A_Class"):
         build_dataset(name, tmp_path, "test")
+
+
+def test_flowers_original_files_split_by_setid_and_relabel_alphabetically(tmp_path: Path) -> None:
+    openai_order = data_file("classnames", "flowers102")["openai_order"]
+    classes = [1, 2, 102, 1, 50, 7]  # OpenAI-order class of images 1..6 (imagelabels.mat)
+    fakes.flowers102_original(tmp_path, classes, {"trnid": [1, 2], "valid": [3], "tstid": [4, 5, 6]})
+    for split, ids in {"train": [1, 2], "val": [3], "test": [4, 5, 6]}.items():
+        source = build_dataset("flowers102", tmp_path, split)
+        assert [p.name for p in source.images] == [f"image_{i:05d}.jpg" for i in ids]
+        assert [source.classnames[y] for y in source.labels] == [openai_order[classes[i - 1] - 1] for i in ids]
+        assert source.classnames == classnames("flowers102")  # alphabetical, as the FLYP folders
+    assert _pixels(build_dataset("flowers102", tmp_path, "test"), 0).shape == (8, 8, 3)
+    (tmp_path / "flowers-102" / "jpg").rename(tmp_path / "flowers-102" / "images")
+    with pytest.raises(DatasetError, match="jpg not found"):
+        build_dataset("flowers102", tmp_path, "test")
+
+
+def test_cars_original_files_use_flyps_split_and_the_sorted_folder_labels(tmp_path: Path) -> None:
+    names = classnames("stanford_cars")
+    # cars_meta.mat has another order (OpenAI's) and a '/' where the folder names have '-'.
+    meta = [name.replace("Ram C-V", "Ram C/V") for name in reversed(names)]
+    ram = meta.index("Ram C/V Cargo Van Minivan 2012") + 1
+    train_classes, test_classes = [1 + (7 * i) % 196 for i in range(10)], [196, ram, 1]
+    fakes.stanford_cars_original(tmp_path, meta, train_classes, test_classes)
+    test = build_dataset("stanford-cars", tmp_path, "test")
+    assert [p.relative_to(tmp_path).as_posix() for p in test.images] == [
+        f"stanford_cars/cars_test/{n:05d}.jpg" for n in (1, 2, 3)]
+    assert [test.classnames[y] for y in test.labels] == [names[0], "Ram C-V Cargo Van Minivan 2012", names[-1]]
+    train_indices, val_indices = flyp_cars_split(10)
+    for split, indices in (("train", train_indices), ("val", val_indices)):
+        source = build_dataset("stanford-cars", tmp_path, split)
+        assert [p.name for p in source.images] == [f"{i + 1:05d}.jpg" for i in indices]
+        assert [source.classnames[y] for y in source.labels] == [
+            meta[train_classes[i] - 1].replace("/", "-") for i in indices]
+    assert len(val_indices) == 2 and sorted([*train_indices, *val_indices]) == list(range(10))
+
+
+def test_cars_split_reproduces_flyps_published_validation_files() -> None:
+    train, val = flyp_cars_split(8144)
+    assert (len(train), len(val)) == (6515, 1629) and not set(train.tolist()) & set(val.tolist())
+    # cars_train files listed in FLYP's datacreation_scripts/sample_csv/stanfordcars/val.csv (its first rows);
+    # by chance alone all 17 would land in a 20 % split with probability 0.2**17.
+    published = [1277, 4827, 4056, 1832, 2050, 3943, 7684, 462, 707, 5804, 1864, 1617, 1911, 7483, 7174, 2095, 4833]
+    assert {number - 1 for number in published} <= set(val.tolist())
 
 
 def test_iwildcam_splits_read_images_from_train(tmp_path: Path) -> None:

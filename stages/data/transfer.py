@@ -4,15 +4,23 @@ Caltech101, StanfordCars and Flowers102 use the FLYP/StarFT split folders
 (``<dataset>/{train,val,test}/<class folder>/``, Table 5); their labels follow the sorted folder
 names, which for Cars and Flowers differs from torchvision's order. Caltech101 also reads the
 original ``101_ObjectCategories`` as split ``all`` (the whole set minus BACKGROUND_Google).
+
+Without the split folders, Cars and Flowers are read from their original distribution (the
+torchvision layouts, ``.mat`` annotations) and split exactly as FLYP's scripts split them:
+Flowers by ``setid.mat`` (trnid / valid / tstid); Cars' test = ``cars_test``, and its train / val
+= scikit-learn's ``train_test_split(test_size=0.2, random_state=10)`` of ``cars_train`` in
+annotation order, i.e. val = the first ceil(0.2 n) of ``RandomState(10).permutation(n)``.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from stages.data.layout import Layout, check_split, classnames, data_file, folder_dataset
+from stages.data.layout import Layout, PathList, check_split, classnames, data_file, folder_dataset
 from stages.data.source import DatasetError, LabeledImages, register_dataset
 
 FLYP = "split with FLYP's datacreation_scripts (github.com/locuslab/FLYP)"
@@ -33,15 +41,20 @@ CALTECH_ALL = Layout(
 )
 STANFORD_CARS = Layout(
     "stanford-cars", ("stanford_cars", "StanfordCars"),
-    "  stanford_cars/{train,val,test}/<Class_Name_With_Underscores>/<file>.jpg   (196 folders, '/' -> '-')",
+    "  stanford_cars/{train,val,test}/<Class_Name_With_Underscores>/<file>.jpg   (196 folders, '/' -> '-'), or\n"
+    "  stanford_cars/{devkit/{cars_meta.mat, cars_train_annos.mat}, cars_train/, cars_test/,\n"
+    "                 cars_test_annos_withlabels.mat}   (the original files, torchvision's layout)",
     f"Stanford Cars (cars_train, cars_test, devkit, cars_test_annos_withlabels.mat; a Kaggle mirror since the "
-    f"original URL died, see pytorch/vision#7545), {FLYP}",
+    f"original URL died, see pytorch/vision#7545), optionally {FLYP}",
 )
 FLOWERS = Layout(
-    "flowers102", ("flowers102", "oxford_flowers"),
-    "  flowers102/{train,val,test}/<class_name_with_underscores>/image_XXXXX.jpg   (102 folders)",
-    f"102flowers.tgz, imagelabels.mat and setid.mat from www.robots.ox.ac.uk/~vgg/data/flowers/102/, {FLYP}",
+    "flowers102", ("flowers102", "oxford_flowers", "flowers-102"),
+    "  flowers102/{train,val,test}/<class_name_with_underscores>/image_XXXXX.jpg   (102 folders), or\n"
+    "  flowers-102/{jpg/image_XXXXX.jpg, imagelabels.mat, setid.mat}   (the original files, torchvision's layout)",
+    f"102flowers.tgz, imagelabels.mat and setid.mat from www.robots.ox.ac.uk/~vgg/data/flowers/102/, optionally {FLYP}",
 )
+FLOWERS_SET_IDS = {"train": "trnid", "val": "valid", "test": "tstid"}
+CARS_VAL_FRACTION, CARS_SPLIT_SEED = 0.2, 10  # FLYP's train_test_split(test_size=0.2, random_state=10)
 
 
 @register_dataset("stl10")
@@ -75,17 +88,93 @@ def caltech101(root: Path, split: str) -> LabeledImages:
     return folder_dataset("caltech101", base, label_of, names)
 
 
+def read_mat(path: Path, layout: Layout, root: Path) -> dict[str, Any]:
+    """A MATLAB file's variables (structs as numpy records), or the layout error if it is missing."""
+    from scipy.io import loadmat  # only the original Cars / Flowers layouts need scipy
+
+    layout.require(path, root)
+    try:
+        return loadmat(path, squeeze_me=True)
+    except (ValueError, OSError, NotImplementedError) as error:
+        raise DatasetError(f"{path}: not a readable MATLAB .mat file ({error}); re-download it") from error
+
+
+def _mat_field(path: Path, variables: dict[str, Any], name: str) -> np.ndarray:
+    if name not in variables:
+        raise DatasetError(f"{path}: no variable {name!r} (found {', '.join(k for k in variables if not k.startswith('__'))})")
+    return np.atleast_1d(variables[name])
+
+
+def flyp_cars_split(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices into ``cars_train`` in annotation order, as FLYP's train_test_split draws them."""
+    val_size = math.ceil(CARS_VAL_FRACTION * count)
+    permutation = np.random.RandomState(CARS_SPLIT_SEED).permutation(count)
+    return permutation[val_size:], permutation[:val_size]
+
+
+def _cars_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
+    label_of, names = _folder_labels("stanford_cars")
+    meta_path = base / "devkit" / "cars_meta.mat"
+    meta_names = _mat_field(meta_path, read_mat(meta_path, STANFORD_CARS, root), "class_names")
+    # Annotation classes are 1-based indices into cars_meta's (OpenAI-ordered) names.
+    folder_of_class = [str(name).replace(" ", "_").replace("/", "-") for name in meta_names]
+    unknown = sorted(set(folder_of_class) - set(label_of))
+    if unknown:
+        raise DatasetError(f"{meta_path}: class names not among the 196 Stanford Cars classes: {unknown[:3]}")
+    if split == "test":
+        annotations_path = next((path for path in (base / "cars_test_annos_withlabels.mat",
+                                                   base / "devkit" / "cars_test_annos_withlabels.mat") if path.is_file()),
+                                base / "cars_test_annos_withlabels.mat")
+        image_folder = "cars_test"
+    else:
+        annotations_path, image_folder = base / "devkit" / "cars_train_annos.mat", "cars_train"
+    annotations = _mat_field(annotations_path, read_mat(annotations_path, STANFORD_CARS, root), "annotations")
+    files, classes = [str(f) for f in annotations["fname"]], [int(c) for c in annotations["class"]]
+    if not all(1 <= c <= len(folder_of_class) for c in classes):
+        raise DatasetError(f"{annotations_path}: class ids outside 1..{len(folder_of_class)}")
+    keep = np.arange(len(files)) if split == "test" else flyp_cars_split(len(files))[split == "val"]
+    STANFORD_CARS.require(base / image_folder, root)
+    return LabeledImages(name="stanford-cars", classnames=names,
+                         images=PathList(base, [f"{image_folder}/{files[i]}" for i in keep]),
+                         labels=[label_of[folder_of_class[classes[i] - 1]] for i in keep])
+
+
+def _flowers_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
+    label_of, names = _folder_labels("flowers102")
+    # imagelabels.mat numbers the classes 1..102 in OpenAI's order; our labels are alphabetical.
+    label_of_class = [label_of[name.replace(" ", "_")] for name in data_file("classnames", "flowers102")["openai_order"]]
+    labels_path, sets_path = base / "imagelabels.mat", base / "setid.mat"
+    class_of_image = _mat_field(labels_path, read_mat(labels_path, FLOWERS, root), "labels").astype(int)
+    image_ids = _mat_field(sets_path, read_mat(sets_path, FLOWERS, root), FLOWERS_SET_IDS[split]).astype(int)
+    if not (class_of_image.min() >= 1 and class_of_image.max() <= len(label_of_class)):
+        raise DatasetError(f"{labels_path}: labels outside 1..{len(label_of_class)}")
+    if not (image_ids.min() >= 1 and image_ids.max() <= len(class_of_image)):
+        raise DatasetError(f"{sets_path}: {FLOWERS_SET_IDS[split]} has image ids outside 1..{len(class_of_image)}")
+    image_folder = next((name for name in ("jpg", "all_images") if (base / name).is_dir()), None)
+    if image_folder is None:
+        FLOWERS.missing(base / "jpg", root)
+    return LabeledImages(name="flowers102", classnames=names,
+                         images=PathList(base, [f"{image_folder}/image_{i:05d}.jpg" for i in image_ids]),
+                         labels=[label_of_class[class_of_image[i - 1] - 1] for i in image_ids])
+
+
 @register_dataset("stanford-cars")
 def stanford_cars(root: Path, split: str) -> LabeledImages:
-    """StanfordCars FLYP ``train``/``val``/``test`` folders; 196 classes in sorted-folder order."""
+    """StanfordCars ``train``/``val``/``test``: FLYP folders, else the original files; 196 classes, sorted-folder order."""
     check_split("stanford-cars", split, ("train", "val", "test"))
+    base = STANFORD_CARS.locate(root)
+    if not (base / split).is_dir() and (base / "devkit").is_dir():
+        return _cars_from_mat(base, root, split)
     label_of, names = _folder_labels("stanford_cars")
-    return folder_dataset("stanford-cars", STANFORD_CARS.require(STANFORD_CARS.locate(root) / split, root), label_of, names)
+    return folder_dataset("stanford-cars", STANFORD_CARS.require(base / split, root), label_of, names)
 
 
 @register_dataset("flowers102")
 def flowers102(root: Path, split: str) -> LabeledImages:
-    """Flowers102 FLYP ``train``/``val``/``test`` folders; 102 classes in alphabetical order."""
+    """Flowers102 ``train``/``val``/``test``: FLYP folders, else the original files; 102 classes, alphabetical."""
     check_split("flowers102", split, ("train", "val", "test"))
+    base = FLOWERS.locate(root)
+    if not (base / split).is_dir() and (base / "setid.mat").is_file():
+        return _flowers_from_mat(base, root, split)
     label_of, names = _folder_labels("flowers102")
-    return folder_dataset("flowers102", FLOWERS.require(FLOWERS.locate(root) / split, root), label_of, names)
+    return folder_dataset("flowers102", FLOWERS.require(base / split, root), label_of, names)
