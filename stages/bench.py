@@ -282,8 +282,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                 total_steps=args.warmup + args.steps)
         method = build_bench_method(name, context).to(device)
         method.train()
-        optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=config.optim.lr,
-                                      weight_decay=config.optim.weight_decay)
+        optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=config.optim.lr,  # as the loop's
+                                      weight_decay=config.optim.weight_decay, fused=device.type == "cuda")
         candidates.append(Candidate(name, method, optimizer))
 
     generator = torch.Generator().manual_seed(args.seed)
