@@ -342,6 +342,8 @@ class WorkflowConfig(Strict):
     compile: bool = Field(False, description="torch.compile the towers of every training run (GPU: faster steps "
                           "after minutes of compilation)")
     eval_batch_size: int = Field(256, ge=1)
+    eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "
+                                          "evaluation jobs (~150 kB per image at 224 px; same results, no re-decoding)")
     tables: dict[int, TableSpec] = Field(min_length=1, description="report number -> table")
     resources: ResourcesSpec = ResourcesSpec()
     descriptors: DescriptorsSettings | None = None

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 import fakes
 from conftest import tiny_config
-from stages.data.source import build_dataset, load_image
+from stages.data.source import ImageDataset, build_dataset, load_image
 from stages.evaluation import metrics
 from stages.evaluation.benchmarks import get_benchmark, score
-from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, load_run, main
+from stages.evaluation.image_cache import CachedImages, evaluation_images
+from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, load_run, main, predict
 from stages.evaluation.zeroshot import HeadCache, text_head
 from stages.io import atomic_torch_save, atomic_write_json
 from stages.models.factory import create_clip
@@ -153,7 +154,9 @@ def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) ->
     fakes.waterbirds(tmp_path / "data", train_counts=(7, 1, 2, 5))
     out = tmp_path / "m.json"
     assert main(["--benchmark", "waterbirds", "--data-root", str(tmp_path / "data"), "--out", str(out),
-                 "--model", TINY, "--pretrained", "none", "--batch-size", "3", "--workers", "0", "--device", "cpu"]) == 0
+                 "--model", TINY, "--pretrained", "none", "--batch-size", "3", "--workers", "0", "--device", "cpu",
+                 "--image-cache", str(tmp_path / "crops")]) == 0
+    assert len(list((tmp_path / "crops").glob("waterbirds-*.npy"))) == 1
     payload = json.loads(out.read_text())
     assert set(payload) == {"benchmark", "model", "n", "metrics", "groups", "images_per_s"}
     assert payload["benchmark"] == "waterbirds" and payload["n"] == 8 and payload["images_per_s"] > 0
@@ -225,6 +228,31 @@ def test_wise_ft_start_of_a_random_weight_run_is_its_own_seeds_init(tmp_path: Pa
     for key in init:
         torch.testing.assert_close(endpoints[0.0][key], init[key], rtol=0, atol=1e-7)
         torch.testing.assert_close(endpoints[1.0][key], trained[key], rtol=0, atol=1e-7)
+
+
+def test_image_cache_gives_the_same_tensors_and_predictions_and_is_built_once(tiny: EvalModel, tmp_path: Path) -> None:
+    fakes.waterbirds(tmp_path / "data")
+    source = build_dataset("waterbirds", tmp_path / "data", "test")
+    bundle, cache = tiny.bundle, tmp_path / "cache"
+    cached = evaluation_images(source, bundle.preprocess_val, cache, workers=0)
+    plain = ImageDataset(source, bundle.preprocess_val)
+    assert isinstance(cached, CachedImages) and len(cached) == len(plain) == 8
+    for index in range(len(plain)):  # ToTensor of the stored uint8 crop == ToTensor of the PIL crop, bit for bit
+        assert torch.equal(cached[index]["image"], plain[index]["image"])
+        assert cached[index]["label"] == plain[index]["label"] and cached[index]["group"] == plain[index]["group"]
+    (stored,) = cache.glob("*.npy")
+    crops = np.load(stored)
+    assert crops.shape == (8, 32, 32, 3) and crops.dtype == np.uint8 and stored.name.startswith("waterbirds-")
+    built = stored.stat().st_mtime_ns
+    weight = text_head(bundle.model, bundle.tokenizer, source.classnames, ["This is a picture of a {c}."])
+    runs = [predict(bundle, weight, source, None, batch_size=3, workers=0, device=torch.device("cpu"), desc="t",
+                    image_cache=folder)[0] for folder in (None, cache)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert stored.stat().st_mtime_ns == built and sorted(p.suffix for p in cache.iterdir()) == [".lock", ".npy"]
+    evaluation_images(build_dataset("waterbirds", tmp_path / "data", "val"), bundle.preprocess_val, cache, workers=0)
+    assert len(list(cache.glob("*.npy"))) == 2  # another image list, another file
+    in_memory = build_dataset("synthetic", None, "test:4")
+    assert type(evaluation_images(in_memory, bundle.preprocess_val, cache, workers=0)) is ImageDataset
 
 
 def test_class_count_mismatch_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,6 +60,15 @@ def test_paper_table2_dry_run_plans_the_grid(tmp_path: Path) -> None:
                                          "workflow_config": 1, "report": 1, "total": 264}
 
 
+def test_paper_evaluations_share_the_decoded_crop_cache(tmp_path: Path) -> None:
+    result = snakemake("-n", "-p", "--configfile", "config/paper.yaml", "--config", f"results={tmp_path}",
+                       "--", f"{tmp_path}/table8.md")
+    assert result.returncode == 0, result.stdout
+    commands = [line for line in result.stdout.splitlines() if "-m stages.evaluation" in line]
+    assert len(commands) > 100 and any("--alpha" in line for line in commands)  # WiSE-FT sweeps included
+    assert all("--image-cache cache/eval_crops" in line for line in commands)
+
+
 def test_paper_all_tables_dry_run_plans_the_grid(tmp_path: Path) -> None:
     result = snakemake("-n", "-q", "rules", "--configfile", "config/paper.yaml", "--config", f"results={tmp_path}")
     assert result.returncode == 0, result.stdout

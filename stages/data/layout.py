@@ -110,6 +110,10 @@ class PathList(Sequence[Path]):
     def __iter__(self) -> Iterator[Path]:
         return (self[i] for i in range(len(self)))
 
+    def relative_names(self) -> Iterator[bytes]:
+        """The UTF-8 relative paths, in order (cheap: no Path objects)."""
+        return iter(self._relative.tolist())
+
 
 def _image_files(folder: Path) -> list[str]:
     """Sorted names of the image files directly inside `folder`."""

@@ -103,12 +103,12 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def image(self, index: int) -> torch.Tensor:
+        """The transformed image `index`."""
+        return self.transform(load_image(self.source.images[index]))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = {
-            "image": self.transform(load_image(self.source.images[index])),
-            "label": self.source.labels[index],
-            "index": index,
-        }
+        sample = {"image": self.image(index), "label": self.source.labels[index], "index": index}
         if self.source.groups is not None:
             sample["group"] = self.source.groups[index]
         return sample

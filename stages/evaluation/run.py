@@ -4,7 +4,7 @@
 
     python -m stages.evaluation --benchmark waterbirds --data-root R --out m.json \\
         (--run-dir DIR [--checkpoint best.pt] [--alpha A] | --model NAME --pretrained TAG_OR_FILE) \\
-        [--batch-size 256] [--workers 8] [--device cuda] [--head-cache DIR]
+        [--batch-size 256] [--workers 8] [--device cuda] [--head-cache DIR] [--image-cache DIR]
 
 The JSON holds ``benchmark``, ``model`` (name, pretrained, run dir, checkpoint and its sha256,
 WiSE-FT alpha, which head scored it), ``n``, ``metrics``, ``groups`` and ``images_per_s``.
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset
+from stages.data.source import DatasetError, LabeledImages, build_dataset
 from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, score
+from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.zeroshot import HeadCache, text_head
 from stages.io import atomic_write_json, sha256_file
@@ -133,12 +134,17 @@ def predict(
     workers: int,
     device: torch.device,
     desc: str,
+    image_cache: Path | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Argmax predictions over `source` (in the dataset's class order) and the images/s achieved."""
+    """Argmax predictions over `source` (in the dataset's class order) and the images/s achieved.
+
+    With `image_cache`, decoded crops are read from (or first written to) that folder
+    (stages/evaluation/image_cache.py); the predictions are the same.
+    """
     model = bundle.model.to(device).eval()
     weight = weight.to(device)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(source, bundle.preprocess_val), batch_size=batch_size, shuffle=False,
+        evaluation_images(source, bundle.preprocess_val, image_cache, workers), batch_size=batch_size, shuffle=False,
         num_workers=workers, pin_memory=device.type == "cuda",
     )
     predictions = []
@@ -163,6 +169,7 @@ def evaluate(
     batch_size: int = 256,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    image_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Score `loaded` on `benchmark` and return the metrics JSON payload."""
     bench = get_benchmark(benchmark)
@@ -170,7 +177,7 @@ def evaluate(
     weight, kind = classifier(bench, source, loaded, cache or HeadCache())
     predictions, images_per_s = predict(
         loaded.bundle, weight, source, bench.class_indices(source),
-        batch_size=batch_size, workers=workers, device=torch.device(device), desc=bench.name,
+        batch_size=batch_size, workers=workers, device=torch.device(device), desc=bench.name, image_cache=image_cache,
     )
     results, groups = score(bench, source, predictions)
     return {
@@ -195,6 +202,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--head-cache", type=Path, help="folder for cached zero-shot heads (default: <run-dir>/eval/heads)")
+    parser.add_argument("--image-cache", type=Path,
+                        help="folder of decoded evaluation crops, shared by all runs (built on first use; same results)")
     args = parser.parse_args(argv)
     if args.model is not None and args.pretrained is None:
         parser.error("--model needs --pretrained (a tag, a weights file, or 'none')")
@@ -215,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_dir = args.head_cache
         payload = evaluate(
             args.benchmark, args.data_root, loaded, cache=HeadCache(cache_dir),
-            batch_size=args.batch_size, workers=args.workers, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, device=args.device, image_cache=args.image_cache,
         )
     except (DatasetError, ModelLoadError, EvaluationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

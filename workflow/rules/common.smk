@@ -59,6 +59,11 @@ def model_arguments(wildcards) -> str:
     return f"--run-dir {run_dir(wildcards)}"
 
 
+def image_cache_argument(wildcards) -> str:
+    """``--image-cache DIR`` when the config shares decoded evaluation crops between jobs (else nothing)."""
+    return "" if WF.eval_image_cache is None else f"--image-cache {shlex.quote(WF.eval_image_cache.as_posix())}"
+
+
 def table_metrics(wildcards) -> list[str]:
     """Every metrics JSON table `number` reads."""
     number = int(wildcards.number)

@@ -23,11 +23,13 @@ rule evaluate:
         data_root=WF.data_root.as_posix(),
         batch_size=WF.eval_batch_size,
         model=model_arguments,
+        image_cache=image_cache_argument,
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model} > {log} 2>&1"
+        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model} {params.image_cache}"
+        " > {log} 2>&1"
 
 
 rule evaluate_wise:
@@ -50,9 +52,10 @@ rule evaluate_wise:
         data_root=WF.data_root.as_posix(),
         batch_size=WF.eval_batch_size,
         model=model_arguments,
+        image_cache=image_cache_argument,
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
         " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model}"
-        " --alpha {wildcards.alpha} > {log} 2>&1"
+        " --alpha {wildcards.alpha} {params.image_cache} > {log} 2>&1"
