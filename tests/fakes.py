@@ -220,3 +220,27 @@ def stanford_cars_original(root: Path, meta_names: list[str], train: list[int], 
     savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array([meta_names], dtype=object)})
     savemat(base / "devkit" / "cars_train_annos.mat", {"annotations": annotations("cars_train", train)})
     savemat(base / "cars_test_annos_withlabels.mat", {"annotations": annotations("cars_test", test)})
+
+
+def imagenet_unsorted_val(root: Path, wnids: list[str], labels: str) -> None:
+    """``imagenet/val/ILSVRC2012_val_<n>.JPEG`` (n = 1, 2, ...) as the tar extracts it, image n of class wnids[n-1];
+    labels in Kaggle's ``LOC_val_solution.csv`` (`labels` = "kaggle") or the devkit (`labels` = "devkit")."""
+    from scipy.io import savemat
+
+    base = root / "imagenet"
+    ids = [f"ILSVRC2012_val_{n:08d}" for n in range(1, len(wnids) + 1)]
+    for n, image_id in enumerate(ids, start=1):
+        image(base / "val" / f"{image_id}.JPEG", n)
+    if labels == "kaggle":
+        write_csv(base / "LOC_val_solution.csv", ["ImageId", "PredictionString"],
+                  [[image_id, f"{wnid} 10 20 30 40 {wnid} 1 2 3 4"] for image_id, wnid in zip(ids, wnids)])
+        return
+    # The devkit numbers synsets by ILSVRC2012_ID, which is not the sorted-wnid order: use a shuffled one.
+    order = sorted(set(wnids), reverse=True)
+    synsets = np.array([(position + 1, wnid, "words") for position, wnid in enumerate(order)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    devkit = base / "ILSVRC2012_devkit_t12" / "data"
+    devkit.mkdir(parents=True)
+    savemat(devkit / "meta.mat", {"synsets": synsets})
+    (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text(
+        "".join(f"{order.index(wnid) + 1}\n" for wnid in wnids))

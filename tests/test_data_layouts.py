@@ -192,6 +192,26 @@ def test_cars_and_flowers_follow_the_sorted_folder_order(tmp_path: Path, name: s
         build_dataset(name, tmp_path, "test")
 
 
+@pytest.mark.parametrize("labels", ["kaggle", "devkit"])
+def test_unsorted_imagenet_val_is_labelled_from_kaggle_csv_or_devkit(tmp_path: Path, labels: str) -> None:
+    wnids = fakes.imagenet_wnids()
+    chosen = [wnids[417], wnids[0], wnids[999], wnids[417]]
+    fakes.imagenet_unsorted_val(tmp_path, chosen, labels)
+    source = build_dataset("imagenet", tmp_path, "val")
+    assert [p.name for p in source.images] == [f"ILSVRC2012_val_{n:08d}.JPEG" for n in range(1, 5)]
+    assert source.labels == [417, 0, 999, 417] and source.classnames[417] == "balloon"
+    (tmp_path / "imagenet" / "val" / "ILSVRC2012_val_00000009.JPEG").write_bytes(b"")  # an image with no label
+    with pytest.raises(DatasetError, match="no (ImageNet )?label"):
+        build_dataset("imagenet", tmp_path, "val")
+
+
+def test_unsorted_imagenet_val_without_labels_names_both_sources(tmp_path: Path) -> None:
+    fakes.image(tmp_path / "imagenet" / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(DatasetError, match="LOC_val_solution.csv") as error:
+        build_dataset("imagenet", tmp_path, "val")
+    assert "ILSVRC2012_validation_ground_truth.txt" in str(error.value)
+
+
 def test_flowers_original_files_split_by_setid_and_relabel_alphabetically(tmp_path: Path) -> None:
     openai_order = data_file("classnames", "flowers102")["openai_order"]
     classes = [1, 2, 102, 1, 50, 7]  # OpenAI-order class of images 1..6 (imagelabels.mat)

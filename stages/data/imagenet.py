@@ -12,7 +12,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stages.data.layout import Layout, PathList, check_split, class_folders, data_file, folder_dataset
+from stages.data.layout import (
+    Layout,
+    PathList,
+    check_split,
+    class_folders,
+    data_file,
+    folder_dataset,
+    mat_variable,
+    read_csv,
+)
 from stages.data.source import DatasetError, LabeledImages, register_dataset
 
 _HENDRYCKS = "people.eecs.berkeley.edu/~hendrycks/{} (github.com/hendrycks/{})"
@@ -20,10 +29,15 @@ _HENDRYCKS = "people.eecs.berkeley.edu/~hendrycks/{} (github.com/hendrycks/{})"
 IMAGENET = Layout(
     "imagenet", ("imagenet",),
     "  imagenet/train/<wnid>/<wnid>_<n>.JPEG   (1000 wnid folders, 1,281,167 images)\n"
-    "  imagenet/val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG   (50,000 images sorted into wnid folders)",
-    "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz from image-net.org; "
-    "sort val into wnid folders with the devkit ground truth (torchvision.datasets.ImageNet does this)",
+    "  imagenet/val/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG   (50,000 images sorted into wnid folders), or\n"
+    "  imagenet/val/ILSVRC2012_val_XXXXXXXX.JPEG unsorted, with its labels in either\n"
+    "    imagenet/LOC_val_solution.csv   (Kaggle's ImageNet localization challenge: ImageId, PredictionString)\n"
+    "    imagenet/ILSVRC2012_devkit_t12/data/{meta.mat, ILSVRC2012_validation_ground_truth.txt}   (the devkit)",
+    "ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz from image-net.org "
+    "(or Kaggle's imagenet-object-localization-challenge)",
 )
+KAGGLE_VAL_SOLUTION = "LOC_val_solution.csv"
+DEVKIT_DATA = Path("ILSVRC2012_devkit_t12") / "data"
 IMAGENET_V2 = Layout(
     "imagenetv2", ("ImageNetV2-matched-frequency", "imagenetv2-matched-frequency-format-val"),
     "  ImageNetV2-matched-frequency/<0..999>/<sha>.jpeg   (10,000 images; folder name = ImageNet label)",
@@ -58,11 +72,61 @@ def _wnid_labels() -> dict[str, int]:
     return {wnid: index for index, wnid in enumerate(wnids)}
 
 
+def _val_wnids_from_kaggle(solution: Path) -> dict[str, str]:
+    """Image id -> wnid from Kaggle's ``LOC_val_solution.csv`` (the first token of each box list)."""
+    rows = read_csv(solution, ("ImageId", "PredictionString"))
+    return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows if row["PredictionString"].strip()}
+
+
+def _val_wnids_from_devkit(devkit: Path, root: Path, image_ids: list[str]) -> dict[str, str]:
+    """Image id -> wnid from the devkit: line n of the ground truth is image n's ILSVRC2012_ID (meta.mat maps it)."""
+    synsets = mat_variable(devkit / "meta.mat", "synsets", IMAGENET, root)
+    wnid_of_id = {int(synset["ILSVRC2012_ID"]): str(synset["WNID"]) for synset in synsets}
+    truth_path = IMAGENET.require(devkit / "ILSVRC2012_validation_ground_truth.txt", root)
+    truth = [int(line) for line in truth_path.read_text().split()]
+    wnids = {}
+    for image_id in image_ids:
+        number = int(image_id.rsplit("_", 1)[-1])
+        if not 1 <= number <= len(truth) or truth[number - 1] not in wnid_of_id:
+            raise DatasetError(f"{truth_path}: no label for {image_id} ({len(truth)} lines; meta.mat ids 1..1000)")
+        wnids[image_id] = wnid_of_id[truth[number - 1]]
+    return wnids
+
+
+def _unsorted_val(base: Path, root: Path) -> LabeledImages:
+    """ILSVRC-2012 val as the tar extracts it (one folder of JPEGs), labelled by Kaggle's CSV or the devkit."""
+    _, names = imagenet_classes()
+    label_of = _wnid_labels()
+    with os.scandir(base) as entries:
+        files = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith((".jpeg", ".jpg")))
+    image_ids = [name.rsplit(".", 1)[0] for name in files]
+    imagenet_dir = base.parent
+    solution = next((path for path in (imagenet_dir / KAGGLE_VAL_SOLUTION, base / KAGGLE_VAL_SOLUTION) if path.is_file()),
+                    None)
+    if solution is not None:
+        wnid_of, labels_from = _val_wnids_from_kaggle(solution), solution
+    elif (imagenet_dir / DEVKIT_DATA).is_dir():
+        wnid_of, labels_from = _val_wnids_from_devkit(imagenet_dir / DEVKIT_DATA, root, image_ids), imagenet_dir / DEVKIT_DATA
+    else:
+        IMAGENET.missing(imagenet_dir / KAGGLE_VAL_SOLUTION, root)
+    unlabelled = [image_id for image_id in image_ids if wnid_of.get(image_id) not in label_of]
+    if unlabelled:
+        raise DatasetError(f"imagenet: {len(unlabelled)} val images have no ImageNet label in {labels_from}, "
+                           f"e.g. {unlabelled[:3]}")
+    return LabeledImages(name="imagenet", classnames=names, images=PathList(base, files),
+                         labels=[label_of[wnid_of[image_id]] for image_id in image_ids])
+
+
 @register_dataset("imagenet")
 def imagenet(root: Path, split: str) -> LabeledImages:
-    """ILSVRC-2012 ``train`` or ``val`` in wnid folders; 1000 classes, OpenAI names."""
+    """ILSVRC-2012 ``train`` or ``val`` in wnid folders (val also unsorted, see IMAGENET); 1000 classes, OpenAI names."""
     check_split("imagenet", split, ("train", "val"))
     base = IMAGENET.require(IMAGENET.locate(root) / split, root)
+    if split == "val":
+        with os.scandir(base) as entries:
+            unsorted = not any(entry.is_dir() for entry in entries)
+        if unsorted:
+            return _unsorted_val(base, root)
     _, names = imagenet_classes()
     return folder_dataset("imagenet", base, _wnid_labels(), names)
 

@@ -75,6 +75,24 @@ class Layout:
         return path
 
 
+def mat_variable(path: Path, name: str, layout: Layout, root: Path) -> np.ndarray:
+    """Variable `name` of a MATLAB ``.mat`` file (structs as numpy records, at least 1-d).
+
+    A missing file raises the layout error; an unreadable one or a missing variable names the file.
+    """
+    from scipy.io import loadmat  # only the .mat-based layouts (Cars, Flowers, the ImageNet devkit) need scipy
+
+    layout.require(path, root)
+    try:
+        variables = loadmat(path, squeeze_me=True)
+    except (ValueError, OSError, NotImplementedError) as error:
+        raise DatasetError(f"{path}: not a readable MATLAB .mat file ({error}); re-download it") from error
+    if name not in variables:
+        found = ", ".join(key for key in variables if not key.startswith("__"))
+        raise DatasetError(f"{path}: no variable {name!r} (found {found})")
+    return np.atleast_1d(variables[name])
+
+
 def check_split(dataset: str, split: str, splits: Iterable[str]) -> None:
     """Reject a split the dataset does not have."""
     splits = tuple(splits)

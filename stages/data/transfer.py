@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from stages.data.layout import Layout, PathList, check_split, classnames, data_file, folder_dataset
+from stages.data.layout import Layout, PathList, check_split, classnames, data_file, folder_dataset, mat_variable
 from stages.data.source import DatasetError, LabeledImages, register_dataset
 
 FLYP = "split with FLYP's datacreation_scripts (github.com/locuslab/FLYP)"
@@ -88,23 +87,6 @@ def caltech101(root: Path, split: str) -> LabeledImages:
     return folder_dataset("caltech101", base, label_of, names)
 
 
-def read_mat(path: Path, layout: Layout, root: Path) -> dict[str, Any]:
-    """A MATLAB file's variables (structs as numpy records), or the layout error if it is missing."""
-    from scipy.io import loadmat  # only the original Cars / Flowers layouts need scipy
-
-    layout.require(path, root)
-    try:
-        return loadmat(path, squeeze_me=True)
-    except (ValueError, OSError, NotImplementedError) as error:
-        raise DatasetError(f"{path}: not a readable MATLAB .mat file ({error}); re-download it") from error
-
-
-def _mat_field(path: Path, variables: dict[str, Any], name: str) -> np.ndarray:
-    if name not in variables:
-        raise DatasetError(f"{path}: no variable {name!r} (found {', '.join(k for k in variables if not k.startswith('__'))})")
-    return np.atleast_1d(variables[name])
-
-
 def flyp_cars_split(count: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into ``cars_train`` in annotation order, as FLYP's train_test_split draws them."""
     val_size = math.ceil(CARS_VAL_FRACTION * count)
@@ -115,7 +97,7 @@ def flyp_cars_split(count: int) -> tuple[np.ndarray, np.ndarray]:
 def _cars_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
     label_of, names = _folder_labels("stanford_cars")
     meta_path = base / "devkit" / "cars_meta.mat"
-    meta_names = _mat_field(meta_path, read_mat(meta_path, STANFORD_CARS, root), "class_names")
+    meta_names = mat_variable(meta_path, "class_names", STANFORD_CARS, root)
     # Annotation classes are 1-based indices into cars_meta's (OpenAI-ordered) names.
     folder_of_class = [str(name).replace(" ", "_").replace("/", "-") for name in meta_names]
     unknown = sorted(set(folder_of_class) - set(label_of))
@@ -128,7 +110,7 @@ def _cars_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
         image_folder = "cars_test"
     else:
         annotations_path, image_folder = base / "devkit" / "cars_train_annos.mat", "cars_train"
-    annotations = _mat_field(annotations_path, read_mat(annotations_path, STANFORD_CARS, root), "annotations")
+    annotations = mat_variable(annotations_path, "annotations", STANFORD_CARS, root)
     files, classes = [str(f) for f in annotations["fname"]], [int(c) for c in annotations["class"]]
     if not all(1 <= c <= len(folder_of_class) for c in classes):
         raise DatasetError(f"{annotations_path}: class ids outside 1..{len(folder_of_class)}")
@@ -144,8 +126,8 @@ def _flowers_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
     # imagelabels.mat numbers the classes 1..102 in OpenAI's order; our labels are alphabetical.
     label_of_class = [label_of[name.replace(" ", "_")] for name in data_file("classnames", "flowers102")["openai_order"]]
     labels_path, sets_path = base / "imagelabels.mat", base / "setid.mat"
-    class_of_image = _mat_field(labels_path, read_mat(labels_path, FLOWERS, root), "labels").astype(int)
-    image_ids = _mat_field(sets_path, read_mat(sets_path, FLOWERS, root), FLOWERS_SET_IDS[split]).astype(int)
+    class_of_image = mat_variable(labels_path, "labels", FLOWERS, root).astype(int)
+    image_ids = mat_variable(sets_path, FLOWERS_SET_IDS[split], FLOWERS, root).astype(int)
     if not (class_of_image.min() >= 1 and class_of_image.max() <= len(label_of_class)):
         raise DatasetError(f"{labels_path}: labels outside 1..{len(label_of_class)}")
     if not (image_ids.min() >= 1 and image_ids.max() <= len(class_of_image)):
