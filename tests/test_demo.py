@@ -87,6 +87,12 @@ def test_tiny_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
         rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line.lower()]
         assert {row.split("|")[1].strip() for row in rows} == {"Zeroshot", "CAR-FT", "StarFT"}, table
         assert all(len(re.findall(r"\d+\.\d\d", row)) >= columns for row in rows), table
+    # Every train and evaluate job leaves snakemake's runtime / memory record (for sizing SLURM resources).
+    trained = sorted((results / "benchmarks" / "train").rglob("*.tsv"))
+    assert len(trained) == len(list((results / "runs").rglob("best.pt"))) > 0
+    header = trained[0].read_text().splitlines()[0].split("\t")
+    assert header[:2] == ["s", "h:m:s"] and "max_rss" in header
+    assert len(list((results / "benchmarks" / "evaluate").rglob("*.tsv"))) == len(list((results / "runs").rglob("eval/*.json")))
     rerun = subprocess.run([*command[:3], "-n", *command[3:]], cwd=REPO, text=True, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert "Nothing to be done" in rerun.stdout, rerun.stdout[-2000:]

@@ -11,6 +11,8 @@ rule evaluate:
         f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}.json",
     log:
         f"{RESULTS}/logs/evaluate/{RUN}/{{benchmark}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{RUN}/{{benchmark}}.tsv"
     threads: WF.resources.evaluate.threads
     resources:
         gpu=WF.resources.evaluate.gpu,
@@ -40,6 +42,8 @@ rule evaluate_wise:
         f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}@alpha{{alpha}}.json",
     log:
         f"{RESULTS}/logs/evaluate/{RUN}/{{benchmark}}@alpha{{alpha}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{RUN}/{{benchmark}}@alpha{{alpha}}.tsv"
     threads: WF.resources.evaluate.threads
     resources:
         gpu=WF.resources.evaluate.gpu,

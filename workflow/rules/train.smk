@@ -31,6 +31,8 @@ rule train:
         f"{RESULTS}/runs/{RUN}/best.pt",
     log:
         f"{RESULTS}/logs/train/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{RUN}.tsv"
     threads: WF.resources.train.threads
     resources:
         gpu=WF.resources.train.gpu,
