@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import fakes
 from stages.data.layout import classnames, data_file, templates
 from stages.data.source import DatasetError, ImageDataset, build_dataset, load_image
 from stages.data.transfer import flyp_cars_split
+from stages.evaluation.benchmarks import get_benchmark
 
 
 def _pixels(source, index: int) -> np.ndarray:
@@ -256,6 +258,32 @@ def test_cars_split_reproduces_flyps_published_validation_files() -> None:
     assert {number - 1 for number in published} <= set(val.tolist())
 
 
+def test_imagefolder_labels_classes_alike_in_every_split(tmp_path: Path) -> None:
+    base = tmp_path / "imagefolder"
+    fakes.folder_classes(base / "train", ["golden_retriever", "tabby_cat", "zebra"])
+    fakes.folder_classes(base / "test", ["zebra", "tabby_cat"])  # a split may lack a class
+    fakes.folder_classes(base / "val", ["axolotl"])  # or hold one the others lack
+    train, test = build_dataset("imagefolder", tmp_path, "train"), build_dataset("imagefolder", tmp_path, "test")
+    assert train.classnames == test.classnames == ["axolotl", "golden retriever", "tabby cat", "zebra"]
+    assert [train.classnames[y] for y in train.labels] == ["golden retriever", "tabby cat", "zebra"]
+    assert [test.classnames[y] for y in test.labels] == ["tabby cat", "zebra"]
+    assert get_benchmark("imagefolder-test").template_list(test) == ["a photo of a {c}."]
+
+    (base / "classnames.json").write_text(json.dumps({"zebra": "zebra", "tabby_cat": "tabby", "golden_retriever": "dog",
+                                                      "axolotl": "axolotl"}))
+    (base / "templates.txt").write_text("a photo of a {c}.\n\na blurry photo of a {c}.\n")
+    test = build_dataset("imagefolder", tmp_path, "test")
+    assert test.classnames == ["zebra", "tabby", "dog", "axolotl"] and test.labels == [1, 0]
+    assert get_benchmark("imagefolder-test").template_list(test) == ["a photo of a {c}.", "a blurry photo of a {c}."]
+    (base / "templates.txt").write_text("a photo of a thing.\n")
+    with pytest.raises(DatasetError, match=r"templates.txt.*\{c\}"):
+        build_dataset("imagefolder", tmp_path, "test")
+    (base / "templates.txt").unlink()
+    (base / "classnames.json").write_text(json.dumps({"zebra": "zebra"}))
+    with pytest.raises(DatasetError, match="tabby_cat"):  # a folder missing from classnames.json is an error
+        build_dataset("imagefolder", tmp_path, "test")
+
+
 def test_iwildcam_splits_read_images_from_train(tmp_path: Path) -> None:
     rows = fakes.iwildcam(tmp_path)
     source = build_dataset("iwildcam", tmp_path, "id_test")
@@ -282,7 +310,7 @@ def test_fmow_official_split_scheme_row_indices_and_regions(tmp_path: Path) -> N
     ("imagenet", "val"), ("imagenetv2", "test"), ("imagenet-r", "test"), ("imagenet-a", "test"),
     ("imagenet-sketch", "test"), ("waterbirds", "test"), ("pacs", "test"), ("cifar10.02", "test"), ("cifar10", "test"),
     ("cifar100", "test"), ("stl10", "test"), ("caltech101", "test"), ("caltech101", "all"), ("stanford-cars", "test"),
-    ("flowers102", "test"), ("iwildcam", "test"), ("fmow", "test"),
+    ("flowers102", "test"), ("iwildcam", "test"), ("fmow", "test"), ("imagefolder", "train"),
 ])
 def test_missing_root_prints_layout_and_source(tmp_path: Path, name: str, split: str) -> None:
     with pytest.raises(DatasetError) as error:

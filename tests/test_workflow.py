@@ -122,3 +122,29 @@ def test_missing_data_root_stops_before_any_job(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "data_root: imagenet" in result.stdout and "Needed by train_sets.imagenet" in result.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_own_data_config_runs_end_to_end_on_a_folder_tree(tmp_path: Path) -> None:
+    """config/imagefolder.yaml, shrunk to the tiny model on CPU, over a fake imagefolder/ tree."""
+    import fakes
+
+    for split, per_class in (("train", 4), ("val", 2), ("test", 2)):
+        for label, folder in enumerate(["red_square", "green_circle", "blue_triangle"]):
+            for n in range(per_class):
+                fakes.image(tmp_path / "data" / "imagefolder" / split / folder / f"{n}.jpg", 80 * label + n)
+    config = yaml.safe_load((REPO / "config/imagefolder.yaml").read_text())
+    config.update(results=str(tmp_path / "results"), data_root=str(tmp_path / "data"), archs={"TinyCLIP-test": "none"},
+                  device="cpu", workers=0, eval_image_cache=str(tmp_path / "crops"), eval_batch_size=8,
+                  resources={"train": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "threads": 1},
+                             "evaluate": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "threads": 1}})
+    config["train_sets"]["imagefolder"]["optim"] = {"lr": 1e-3, "warmup_steps": 1, "epochs": 2, "batch_size": 4}
+    config["tables"][1].update(methods=["zeroshot", "flyp"], alphas=[0.0, 1.0])
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("--cores", "2", "-q", "--configfile", str(tmp_path / "own.yaml"), "--",
+                       f"{tmp_path}/results/table1.md", timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:]
+    table = (tmp_path / "results" / "table1.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["Zeroshot", "FLYP", "FLYP"], table
+    assert all(len(re.findall(r"\d+\.\d\d ± \d+\.\d\d", row)) == 2 for row in rows), table
+    assert len(list((tmp_path / "crops").glob("imagefolder-*.npy"))) == 2  # val and test, decoded once each

@@ -37,8 +37,11 @@ class Benchmark:
     extra_metrics: tuple[str, ...] = ()
     imagenet_head: bool = False
 
-    def template_list(self) -> list[str]:
-        """The prompt templates (``{c}`` slot, optional ``{a}`` article) from the shipped data file."""
+    def template_list(self, source: LabeledImages | None = None) -> list[str]:
+        """The prompt templates (``{c}`` slot, optional ``{a}`` article): the dataset's own
+        (``metadata["templates"]``, e.g. your imagefolder's templates.txt), else the shipped data file."""
+        if source is not None and source.metadata.get("templates"):
+            return list(source.metadata["templates"])
         return load_templates(self.templates)
 
     def head_classes(self, source: LabeledImages) -> list[str]:
@@ -76,6 +79,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("iwildcam-ood", "iwildcam", "test", "iwildcam", (MACRO_F1,)),
         Benchmark("fmow-id", "fmow", "id_test", "fmow", (WORST_REGION,)),
         Benchmark("fmow-ood", "fmow", "test", "fmow", (WORST_REGION,)),
+        # Your own data (stages/data/custom.py): <data_root>/imagefolder/{val,test}/<class folder>/.
+        Benchmark("imagefolder-val", "imagefolder", "val", "imagefolder"),
+        Benchmark("imagefolder-test", "imagefolder", "test", "imagefolder"),
         # The in-memory synthetic dataset of the tests and benchmarks.
         Benchmark("synthetic", "synthetic", "test", "synthetic"),
         # The embedded demo (Fashion-MNIST on injected backgrounds): ID, group shift, domain shifts.

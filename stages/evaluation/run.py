@@ -105,7 +105,8 @@ def classifier(
         weight, kind = loaded.head_weight, "trained"
     else:
         model = loaded.bundle.model
-        weight = cache.get(model, loaded.bundle.tokenizer, classes, bench.template_list()) * model.logit_scale.exp().item()
+        templates = bench.template_list(source)
+        weight = cache.get(model, loaded.bundle.tokenizer, classes, templates) * model.logit_scale.exp().item()
         kind = "text"
     check_class_counts(bench, source, weight)
     return weight.float(), kind
