@@ -93,12 +93,11 @@ def _val_wnids_from_devkit(devkit: Path, root: Path, image_ids: list[str]) -> di
     return wnids
 
 
-def _unsorted_val(base: Path, root: Path) -> LabeledImages:
-    """ILSVRC-2012 val as the tar extracts it (one folder of JPEGs), labelled by Kaggle's CSV or the devkit."""
+def _unsorted_val(base: Path, root: Path, entries: list[os.DirEntry]) -> LabeledImages:
+    """ILSVRC-2012 val as the tar extracts it (one folder of JPEGs, `entries`), labelled by Kaggle's CSV or the devkit."""
     _, names = imagenet_classes()
     label_of = _wnid_labels()
-    with os.scandir(base) as entries:
-        files = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith((".jpeg", ".jpg")))
+    files = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith((".jpeg", ".jpg")))
     image_ids = [name.rsplit(".", 1)[0] for name in files]
     imagenet_dir = base.parent
     solution = next((path for path in (imagenet_dir / KAGGLE_VAL_SOLUTION, base / KAGGLE_VAL_SOLUTION) if path.is_file()),
@@ -123,10 +122,10 @@ def imagenet(root: Path, split: str) -> LabeledImages:
     check_split("imagenet", split, ("train", "val"))
     base = IMAGENET.require(IMAGENET.locate(root) / split, root)
     if split == "val":
-        with os.scandir(base) as entries:
-            unsorted = not any(entry.is_dir() for entry in entries)
-        if unsorted:
-            return _unsorted_val(base, root)
+        with os.scandir(base) as scan:
+            entries = list(scan)  # listed once: the unsorted reader takes its files from here
+        if not any(entry.is_dir() for entry in entries):
+            return _unsorted_val(base, root, entries)
     _, names = imagenet_classes()
     return folder_dataset("imagenet", base, _wnid_labels(), names)
 

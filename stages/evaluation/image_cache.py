@@ -40,9 +40,9 @@ from stages.data.source import DatasetError, ImageDataset, LabeledImages, load_i
 
 def split_at_to_tensor(preprocess: Callable[[Image.Image], torch.Tensor]) -> tuple[T.Compose, T.Compose] | None:
     """(PIL part, tensor part) of a torchvision ``Compose`` split before its ``ToTensor``; None without one."""
-    steps = getattr(preprocess, "transforms", None)
-    if not isinstance(preprocess, T.Compose) or steps is None:
+    if not isinstance(preprocess, T.Compose):
         return None
+    steps = preprocess.transforms
     positions = [i for i, step in enumerate(steps) if isinstance(step, T.ToTensor)]
     if len(positions) != 1:
         return None
