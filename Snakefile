@@ -31,9 +31,16 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"{error}\nFix the config key named above; nothing was run.")
 
-PYTHON = sys.executable
+# Rules call `python`: the interpreter running snakemake, whatever path started it (`snakemake`,
+# `python -m snakemake`, a symlinked venv). It is put first on PATH here instead of being spelled
+# into commands or params, which snakemake records: a recorded interpreter path would rerun
+# every finished job the day the venv is reached through another path (DESIGN.md, "Reruns").
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 RESULTS = WF.results.as_posix()
 RUNS = plan.runs_by_dir(WF)
+EVAL_REQUESTS = plan.eval_requests(WF)
+print("archs planned:", ", ".join(sorted({f"{run.model.name} ({run.model.pretrained})" for run in RUNS.values()})),
+      file=sys.stderr)
 # One run directory, slot by slot (DESIGN.md): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>.
 RUN = "{arch}/{train_set}/{method}/{variant}/{bank_concept}/{lam}/{seed}"
 
@@ -76,7 +83,8 @@ onstart:
         plan.check_data(
             WF,
             train_sets={run_of(job.wildcards).data.train_set for job in jobs if job.rule.name == "train"},
-            benchmarks={job.wildcards.benchmark for job in jobs if job.rule.name in ("evaluate", "evaluate_wise")},
+            benchmarks={benchmark for job in jobs if job.rule.name == "evaluate"
+                        for benchmark in run_benchmarks(job.wildcards)},
         )
     except ConfigError as error:
         raise WorkflowError(str(error))

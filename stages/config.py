@@ -136,6 +136,24 @@ class TrainConfig(Strict):
                 / self.variant() / concept / lam / f"seed{self.seed}")
 
 
+# Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
+# finished run written under other values of these is the same run: it is resumed, and the
+# workflow never reruns a job because one of them changed (DESIGN.md, "Reruns").
+EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "data.workers", "data.data_root")
+
+
+def without_execution(config: dict[str, Any]) -> dict[str, Any]:
+    """A dumped ``TrainConfig`` without its EXECUTION_FIELDS: what fixes the run's results."""
+    kept = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
+    for dotted in EXECUTION_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return kept
+
+
 def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
     """Read a YAML training config (plus nested overrides) and validate it, naming the bad field."""
     path = Path(path)

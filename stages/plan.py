@@ -5,24 +5,29 @@ plans are exactly the files a report reads:
 
 - a run dir is ``TrainConfig.run_dir`` (zero-shot "runs" are evaluated, never trained);
 - its metrics are ``<run dir>/eval/<benchmark>.json`` and, for WiSE-FT,
-  ``<run dir>/eval/<benchmark>@alpha<α>.json``;
+  ``<run dir>/eval/<benchmark>@alpha<α>.json``, all written by one evaluation job per run, which
+  also writes ``<run dir>/eval/index.json`` (the job's declared output);
 - a table cell is (row, seed, run, α) and reads one metrics file per column.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 import stages.data
-from stages.config import ColumnSpec, ConfigError, TableSpec, TrainConfig, WorkflowConfig
+from stages.config import EXECUTION_FIELDS, ColumnSpec, ConfigError, TableSpec, TrainConfig, WorkflowConfig, without_execution
 from stages.data.layout import Layout
 from stages.data.source import DatasetError, available_datasets
 from stages.descriptors.bank import BankError, load_bank
-from stages.evaluation.benchmarks import BENCHMARKS
+from stages.evaluation.benchmarks import BENCHMARKS, request_name
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -44,8 +49,12 @@ class Cell:
 
 def eval_path(run_dir: Path, benchmark: str, alpha: float | None = None) -> Path:
     """``<run dir>/eval/<benchmark>.json``, or ``<benchmark>@alpha<α>.json`` for a WiSE-FT α."""
-    name = benchmark if alpha is None else f"{benchmark}@alpha{alpha:g}"
-    return Path(run_dir) / "eval" / f"{name}.json"
+    return Path(run_dir) / "eval" / f"{request_name(benchmark, alpha)}.json"
+
+
+def eval_index(run_dir: Path) -> Path:
+    """``<run dir>/eval/index.json``: written by the run's evaluation job once all its metrics are."""
+    return Path(run_dir) / "eval" / "index.json"
 
 
 def bank_name(config: WorkflowConfig, run: TrainConfig) -> str:
@@ -91,6 +100,20 @@ def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
     return sorted(paths)
 
 
+def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
+    """The evaluation indexes of the runs table `number` reads (what the report rule waits for)."""
+    return sorted({eval_index(path.parent.parent) for path in table_inputs(config, number)})
+
+
+def eval_requests(config: WorkflowConfig) -> dict[str, list[str]]:
+    """Run dir -> every ``<benchmark>[@alpha<α>]`` any table reads of it (sorted): one job evaluates them all."""
+    requests: dict[str, set[str]] = {}
+    for number in config.tables:
+        for path in table_inputs(config, number):
+            requests.setdefault(str(path.parent.parent), set()).add(path.stem)
+    return {run_dir: sorted(names) for run_dir, names in requests.items()}
+
+
 def fills(column: ColumnSpec, cell: Cell) -> bool:
     """Whether `cell`'s run is scored in `column` (a column may be tied to one train set)."""
     return column.train_set in (None, cell.run.data.train_set)
@@ -99,6 +122,23 @@ def fills(column: ColumnSpec, cell: Cell) -> bool:
 def runs_by_dir(config: WorkflowConfig) -> dict[str, TrainConfig]:
     """Run dir -> config of every run of every table (zero-shot ones included)."""
     return {str(run.run_dir(config.results)): run for number in config.tables for run in config.table_runs(number)}
+
+
+def run_yaml(run: TrainConfig) -> str:
+    """The ``train.yaml`` of a run: its config without execution settings (a change there retrains)."""
+    return yaml.safe_dump(without_execution(run.model_dump(mode="json")), sort_keys=False)
+
+
+def execution_overrides(run: TrainConfig) -> list[str]:
+    """``key=value`` pairs (``--set`` of ``python -m stages.training``) of the run's execution settings."""
+    dumped = run.model_dump(mode="json")
+    pairs = []
+    for dotted in EXECUTION_FIELDS:
+        value: Any = dumped
+        for key in dotted.split("."):
+            value = value[key]
+        pairs.append(f"{dotted}={json.dumps(value)}")  # JSON is YAML: the CLI reads the value back exactly
+    return pairs
 
 
 def check_references(config: WorkflowConfig, generated_banks: bool) -> None:

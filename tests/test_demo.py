@@ -92,7 +92,31 @@ def test_tiny_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert len(trained) == len(list((results / "runs").rglob("best.pt"))) > 0
     header = trained[0].read_text().splitlines()[0].split("\t")
     assert header[:2] == ["s", "h:m:s"] and "max_rss" in header
-    assert len(list((results / "benchmarks" / "evaluate").rglob("*.tsv"))) == len(list((results / "runs").rglob("eval/*.json")))
-    rerun = subprocess.run([*command[:3], "-n", *command[3:]], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert "Nothing to be done" in rerun.stdout, rerun.stdout[-2000:]
+    # One evaluation job per run: its record, its index, and every metrics file the tables read.
+    indexes = sorted((results / "runs").rglob("eval/index.json"))
+    assert len(list((results / "benchmarks" / "evaluate").rglob("*.tsv"))) == len(indexes) == 3
+    metrics = {path: path.read_bytes() for path in (results / "runs").rglob("eval/demo-*.json")}
+    assert len(metrics) == 3 * 3  # (zero-shot, CAR-FT, StarFT) x (demo-id, demo-sketch, demo-group)
+
+    # A rerun is a no-op whatever starts snakemake: the venv's `snakemake` entry point, and the
+    # interpreter reached through a symlinked venv with other execution settings (workers, batch
+    # size of evaluation): none of them is recorded as something that changes a result.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    entry_point = Path(sys.executable).parent / "snakemake"
+    (tmp_path / "venv-link").symlink_to(Path(sys.executable).parent.parent, target_is_directory=True)
+    linked_python = tmp_path / "venv-link" / "bin" / Path(sys.executable).name
+    for starter, extra in (([str(entry_point)], []), ([str(linked_python), "-m", "snakemake"],
+                                                      ["--config", "workers=1", "eval_batch_size=7"])):
+        rerun = subprocess.run([*starter, *command[3:8], *extra, "-n", *command[8:]], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        assert rerun.returncode == 0 and "Nothing to be done" in rerun.stdout, (starter, rerun.stdout[-3000:])
+
+    # A benchmark added to a table evaluates only the new metrics: the existing files are kept as they are.
+    config["tables"][2]["columns"].append({"label": "Rendition", "benchmark": "demo-rendition"})
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert len(list((results / "runs").rglob("eval/demo-rendition.json"))) == 3
+    assert {path: path.read_bytes() for path in metrics} == metrics
+    assert "Rendition" in (results / "table2.md").read_text()

@@ -1,10 +1,21 @@
-"""Evaluate one model on one benchmark and write its metrics JSON.
+"""Evaluate a model on benchmarks (and WiSE-FT alphas) and write one metrics JSON per pair.
 
 ::
 
     python -m stages.evaluation --benchmark waterbirds --data-root R --out m.json \\
         (--run-dir DIR [--checkpoint best.pt] [--alpha A] | --model NAME --pretrained TAG_OR_FILE) \\
         [--batch-size 256] [--workers 8] [--device cuda] [--head-cache DIR] [--image-cache DIR]
+
+    # a run's whole evaluation in one process (what the workflow runs, one job per run):
+    python -m stages.evaluation --eval-dir DIR/eval --requests imagenet imagenet@alpha0.5 waterbirds ... \\
+        --data-root R (--run-dir DIR | --model NAME --pretrained TAG_OR_FILE) [options as above]
+
+With ``--requests``, each request ``<benchmark>[@alpha<α>]`` is written to
+``<eval dir>/<request>.json`` and an index of them to ``<eval dir>/index.json``. The model is
+loaded once, each WiSE-FT α is one interpolation of it, heads are built once per (text tower,
+classes), and each benchmark's images are decoded once for all alphas (into ``--image-cache``,
+or a temporary one). A metrics file that already exists for the same checkpoint (sha256) and α
+is kept, not recomputed, so adding a benchmark or an α to a table only computes the new ones.
 
 The JSON holds ``benchmark``, ``model`` (name, pretrained, run dir, checkpoint and its sha256,
 WiSE-FT alpha, which head scored it), ``n``, ``metrics``, ``groups`` and ``images_per_s``.
@@ -19,10 +30,13 @@ trained head with the zero-shot head it was initialised from.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.data.source import DatasetError, LabeledImages, build_dataset
-from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, score
+from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, parse_request, score
 from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.zeroshot import HeadCache, text_head
@@ -74,26 +88,55 @@ def _zeroshot_head_templates(run_config: dict[str, Any]) -> list[str]:
     return list(data.get("head_templates") or [data.get("caption_template", "a photo of a {c}.")])
 
 
+class RunWeights:
+    """A trained run loaded once, served as one ``EvalModel`` per WiSE-FT alpha.
+
+    The zero-shot start is built on the first alpha that needs it. Every ``EvalModel`` returned
+    shares one model whose weights ``at`` rewrites: use one at a time.
+    """
+
+    def __init__(self, run_dir: Path, checkpoint: str = BEST) -> None:
+        self.run_dir, self.checkpoint = Path(run_dir), checkpoint
+        self.trained = load_trained(self.run_dir, checkpoint)
+        self.sha256 = sha256_file(self.trained.checkpoint_path)
+        # A copy: the model's own tensors are overwritten by each interpolation.
+        self.finetuned = {key: value.clone() for key, value in self.trained.bundle.model.state_dict().items()}
+        self._start: tuple[dict[str, torch.Tensor], torch.Tensor | None] | None = None
+
+    def _zeroshot_start(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The weights (and, for head methods, the scaled zero-shot head) the run started from."""
+        if self._start is None:
+            start, run_config = self.trained.run_config["model"], self.trained.run_config
+            # The run's loop seeded torch with its seed before creating the model, which only
+            # matters for random (``none``) weights.
+            torch.manual_seed(run_config.get("config", {}).get("seed", 0))
+            zeroshot = create_clip(start["name"], start["pretrained"])
+            head = None
+            if self.trained.head_weight is not None:
+                head = text_head(zeroshot.model, zeroshot.tokenizer, self.trained.head_classnames,
+                                 _zeroshot_head_templates(run_config)) * zeroshot.model.logit_scale.exp().item()
+            self._start = (zeroshot.model.state_dict(), head)
+        return self._start
+
+    def at(self, alpha: float | None) -> EvalModel:
+        """The run's model (``alpha`` None), or its WiSE-FT interpolation with its zero-shot start."""
+        bundle, head = self.trained.bundle, self.trained.head_weight
+        if alpha is None:
+            bundle.model.load_state_dict(self.finetuned)
+        else:
+            start_state, start_head = self._zeroshot_start()
+            bundle.model.load_state_dict(interpolate_state_dicts(start_state, self.finetuned, alpha))
+            if head is not None:
+                head = (1.0 - alpha) * start_head + alpha * head
+        return EvalModel(bundle, head, self.trained.head_classnames, {
+            "name": bundle.name, "pretrained": bundle.pretrained, "run_dir": str(self.run_dir),
+            "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256, "alpha": alpha,
+        })
+
+
 def load_run(run_dir: Path, checkpoint: str = BEST, alpha: float | None = None) -> EvalModel:
     """A trained run's model, optionally WiSE-FT-interpolated with its zero-shot start by `alpha`."""
-    trained = load_trained(run_dir, checkpoint)
-    bundle, head = trained.bundle, trained.head_weight
-    if alpha is not None:
-        start = trained.run_config["model"]
-        # Weights the run started from: its loop seeded torch with the run's seed before creating
-        # the model, which only matters for random (``none``) weights.
-        torch.manual_seed(trained.run_config.get("config", {}).get("seed", 0))
-        zeroshot = create_clip(start["name"], start["pretrained"])
-        merged = interpolate_state_dicts(zeroshot.model.state_dict(), bundle.model.state_dict(), alpha)
-        if head is not None:
-            zs_head = text_head(zeroshot.model, zeroshot.tokenizer, trained.head_classnames,
-                                _zeroshot_head_templates(trained.run_config))
-            head = (1.0 - alpha) * zs_head * zeroshot.model.logit_scale.exp().item() + alpha * head
-        bundle.model.load_state_dict(merged)
-    return EvalModel(bundle, head, trained.head_classnames, {
-        "name": bundle.name, "pretrained": bundle.pretrained, "run_dir": str(run_dir), "checkpoint": checkpoint,
-        "checkpoint_sha256": sha256_file(trained.checkpoint_path), "alpha": alpha,
-    })
+    return RunWeights(run_dir, checkpoint).at(alpha)
 
 
 def classifier(
@@ -171,10 +214,11 @@ def evaluate(
     workers: int = 0,
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
+    source: LabeledImages | None = None,
 ) -> dict[str, Any]:
-    """Score `loaded` on `benchmark` and return the metrics JSON payload."""
+    """Score `loaded` on `benchmark` and return the metrics JSON payload (`source`: the dataset, if built)."""
     bench = get_benchmark(benchmark)
-    source = build_dataset(bench.dataset, data_root, bench.split)
+    source = source or build_dataset(bench.dataset, data_root, bench.split)
     weight, kind = classifier(bench, source, loaded, cache or HeadCache())
     predictions, images_per_s = predict(
         loaded.bundle, weight, source, bench.class_indices(source),
@@ -187,18 +231,91 @@ def evaluate(
     }
 
 
+def is_current(path: Path, benchmark: str, identity: dict[str, Any]) -> bool:
+    """Whether `path` holds `benchmark`'s metrics of the model `identity` describes.
+
+    `identity` holds the ``model`` fields that fix the numbers: the checkpoint's sha256 and α (and,
+    for a model given by name, its name and pretrained tag); other fields, such as the run dir's
+    path, may change without changing a number.
+    """
+    try:
+        payload = json.loads(path.read_text())
+        model = payload["model"]
+        return payload["benchmark"] == benchmark and all(model[key] == value for key, value in identity.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def evaluate_requests(
+    requests: Sequence[str],
+    eval_dir: Path,
+    data_root: Path,
+    model_at: Callable[[float | None], EvalModel],
+    identity: dict[str, Any],
+    *,
+    cache: HeadCache,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    image_cache: Path | None = None,
+) -> dict[str, Any]:
+    """Write ``<eval_dir>/<request>.json`` for every request not already current; return the index.
+
+    `model_at(alpha)` gives the model at a WiSE-FT α (None: as trained); `identity` is the
+    model's for :func:`is_current`, without ``alpha`` (set per request). The model is set once
+    per α and each benchmark's dataset built once; with several α and no `image_cache`, decoded
+    crops go to a temporary cache, so each image is decoded once.
+    """
+    parsed = {name: parse_request(name) for name in requests}
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    targets = {name: eval_dir / f"{name}.json" for name in parsed}
+    pending = {name: (benchmark, alpha) for name, (benchmark, alpha) in parsed.items()
+               if not is_current(targets[name], benchmark, {**identity, "alpha": alpha})}
+    for name in sorted(set(parsed) - set(pending)):
+        print(f"{name}: kept {targets[name]} (same checkpoint and alpha)")
+    alphas = sorted({alpha for _, alpha in pending.values()}, key=lambda alpha: (alpha is not None, alpha or 0.0))
+    sources: dict[str, LabeledImages] = {}
+    with tempfile.TemporaryDirectory(prefix=".crops-", dir=eval_dir) if image_cache is None and len(alphas) > 1 \
+            else contextlib.nullcontext(image_cache) as crops:
+        for alpha in alphas:
+            loaded = model_at(alpha)
+            for name, (benchmark, _) in sorted(pending.items()):
+                if pending[name][1] != alpha:
+                    continue
+                if benchmark not in sources:
+                    bench = get_benchmark(benchmark)
+                    sources[benchmark] = build_dataset(bench.dataset, data_root, bench.split)
+                payload = evaluate(benchmark, data_root, loaded, cache=cache, batch_size=batch_size, workers=workers,
+                                   device=device, image_cache=None if crops is None else Path(crops),
+                                   source=sources[benchmark])
+                atomic_write_json(targets[name], payload)
+                print(f"{name}: {summary(payload)} -> {targets[name]}")
+    return {"requests": [{"request": name, "file": targets[name].name, "sha256": sha256_file(targets[name]),
+                          "computed": name in pending} for name in requests]}
+
+
+def summary(payload: dict[str, Any]) -> str:
+    """One line of a metrics payload: n, every metric, speed."""
+    metrics = ", ".join(f"{key} {value:.4f}" for key, value in payload["metrics"].items())
+    return f"n={payload['n']} {metrics} ({payload['images_per_s']:.1f} images/s)"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m stages.evaluation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="one benchmark, written to --out")
+    what.add_argument("--requests", nargs="+", metavar="BENCHMARK[@alphaA]",
+                      help="several benchmarks / WiSE-FT alphas, each written to --eval-dir/<request>.json")
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding each dataset under its standard name")
-    parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--out", type=Path, help="metrics JSON to write (with --benchmark)")
+    parser.add_argument("--eval-dir", type=Path, help="folder of the metrics JSON files and index.json (with --requests)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-dir", type=Path, help="a finished training run (run.json + checkpoint)")
     source.add_argument("--model", help="open_clip architecture name (with --pretrained)")
     parser.add_argument("--pretrained", help="open_clip pretrained tag, a local weights file, or 'none'")
     parser.add_argument("--checkpoint", default=BEST, help="checkpoint file inside --run-dir")
-    parser.add_argument("--alpha", type=float, help="WiSE-FT: interpolate the run with its zero-shot start")
+    parser.add_argument("--alpha", type=float, help="WiSE-FT: interpolate the run with its zero-shot start (with --benchmark)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,10 +323,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-cache", type=Path,
                         help="folder of decoded evaluation crops, shared by all runs (built on first use; same results)")
     args = parser.parse_args(argv)
+    if args.benchmark is not None and args.out is None:
+        parser.error("--benchmark needs --out (the metrics JSON to write)")
+    if args.requests is not None and (args.eval_dir is None or args.out is not None or args.alpha is not None):
+        parser.error("--requests writes <eval-dir>/<request>.json: give --eval-dir, not --out or --alpha "
+                     "(an α is part of a request: BENCHMARK@alphaA)")
     if args.model is not None and args.pretrained is None:
         parser.error("--model needs --pretrained (a tag, a weights file, or 'none')")
-    if args.model is not None and args.alpha is not None:
-        parser.error("--alpha interpolates a run with its zero-shot start: use it with --run-dir")
+    if args.model is not None and (args.alpha is not None or any("@alpha" in name for name in args.requests or ())):
+        parser.error("an alpha interpolates a run with its zero-shot start: use it with --run-dir")
     return args
 
 
@@ -218,19 +340,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.run_dir is not None:
-            loaded = load_run(args.run_dir, args.checkpoint, args.alpha)
-            cache_dir = args.head_cache or args.run_dir / "eval" / "heads"
+            cache = HeadCache(args.head_cache or args.run_dir / "eval" / "heads")
+            sha256 = sha256_file(args.run_dir / args.checkpoint) if (args.run_dir / args.checkpoint).is_file() else None
+            weights: RunWeights | None = None
+
+            def model_at(alpha: float | None) -> EvalModel:
+                nonlocal weights
+                weights = weights or RunWeights(args.run_dir, args.checkpoint)
+                return weights.at(alpha)
         else:
-            loaded = load_pretrained(args.model, args.pretrained)
-            cache_dir = args.head_cache
-        payload = evaluate(
-            args.benchmark, args.data_root, loaded, cache=HeadCache(cache_dir),
-            batch_size=args.batch_size, workers=args.workers, device=args.device, image_cache=args.image_cache,
-        )
+            cache = HeadCache(args.head_cache)
+            local = Path(args.pretrained)
+            sha256 = sha256_file(local) if local.is_file() else None
+
+            def model_at(alpha: float | None) -> EvalModel:
+                return load_pretrained(args.model, args.pretrained)
+        options = dict(cache=cache, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                       image_cache=args.image_cache)
+        if args.requests is not None:
+            # A run's name and pretrained tag are its checkpoint's: equal whenever its sha256 is.
+            identity: dict[str, Any] = {"checkpoint_sha256": sha256}
+            if args.model is not None:
+                identity |= {"name": args.model, "pretrained": args.pretrained}
+            index = evaluate_requests(args.requests, args.eval_dir, args.data_root, model_at, identity, **options)
+            atomic_write_json(args.eval_dir / "index.json", index)
+            return 0
+        payload = evaluate(args.benchmark, args.data_root, model_at(args.alpha), **options)
     except (DatasetError, ModelLoadError, EvaluationError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     atomic_write_json(args.out, payload)
-    summary = ", ".join(f"{key} {value:.4f}" for key, value in payload["metrics"].items())
-    print(f"{args.benchmark}: n={payload['n']} {summary} ({payload['images_per_s']:.1f} images/s) -> {args.out}")
+    print(f"{args.benchmark}: {summary(payload)} -> {args.out}")
     return 0

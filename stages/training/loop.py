@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import stages
-from stages.config import TrainConfig
+from stages.config import TrainConfig, without_execution
 from stages.data.source import ImageDataset, LabeledImages, build_dataset, load_image
 from stages.descriptors.bank import load_bank
 from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -142,22 +142,9 @@ def _weights_payload(method: Method, config: TrainConfig, step: int) -> dict[str
             "method": config.method, "step": step}
 
 
-# Settings that change how a run executes, not what it computes: a checkpoint written under
-# other values of these is still this run's and is resumed.
-_EXECUTION_ONLY = ("device", "compile", "checkpoint_every")
-
-
 def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
-    """Whether a checkpoint's config describes this run (ignoring execution-only settings and loader workers)."""
-    if saved is None:
-        return False
-
-    def identity(config: dict[str, Any]) -> dict[str, Any]:
-        kept = {key: value for key, value in config.items() if key not in _EXECUTION_ONLY}
-        kept["data"] = {key: value for key, value in config.get("data", {}).items() if key != "workers"}
-        return kept
-
-    return identity(saved) == identity(current)
+    """Whether a checkpoint's config describes this run (execution settings aside: config.EXECUTION_FIELDS)."""
+    return saved is not None and without_execution(saved) == without_execution(current)
 
 
 @torch.no_grad()

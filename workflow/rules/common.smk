@@ -1,9 +1,25 @@
-# Helpers of the rules (functions only, no rules): each maps a job's wildcards to the TrainConfig
-# of its run (RUNS, built from the validated config by stages.plan) and from there to arguments.
+# Helpers of the rules (functions and settings only, no rules): each maps a job's wildcards to the
+# TrainConfig of its run (RUNS, built from the validated config by stages.plan) and from there to arguments.
+#
+# What snakemake records of a job decides when it reruns (params, inputs, the command's text):
+# only what changes results goes there. Execution settings (loader workers, device, batch size of
+# evaluation, cache folders, where the data lies) reach commands through the globals below, which
+# the command text names but snakemake does not record (DESIGN.md, "Reruns").
 
 import shlex
 
 import yaml
+
+# `python -m stages.training` options for the execution settings kept out of train.yaml (the same
+# for every run of the grid).
+TRAIN_EXECUTION = " ".join(
+    f"--set {shlex.quote(pair)}" for pair in plan.execution_overrides(next(iter(RUNS.values())))
+) if RUNS else ""
+# `python -m stages.evaluation` options that change no number.
+EVAL_EXECUTION = " ".join(
+    [f"--data-root {shlex.quote(WF.data_root.as_posix())}", f"--batch-size {WF.eval_batch_size}", f"--workers {WF.workers}"]
+    + ([] if WF.eval_image_cache is None else [f"--image-cache {shlex.quote(WF.eval_image_cache.as_posix())}"])
+)
 
 
 def run_dir(wildcards) -> str:
@@ -20,15 +36,14 @@ def run_of(wildcards):
 
 
 def run_yaml(wildcards) -> str:
-    """The YAML text of the run's TrainConfig."""
-    return yaml.safe_dump(run_of(wildcards).model_dump(mode="json"), sort_keys=False)
+    """The YAML text of the run's TrainConfig, execution settings aside (a change here retrains the run)."""
+    return plan.run_yaml(run_of(wildcards))
 
 
 def run_bank(wildcards) -> list:
     """The run's descriptor bank as an ancient() input (never retrain because a bank was touched)."""
     run = run_of(wildcards)
-    uses_bank = run.method == "starft" and run.spurious.suffix == "spurious"
-    return [ancient(run.spurious.bank.as_posix())] if uses_bank else []
+    return [] if plan.bank_name(WF, run) == "-" else [ancient(run.spurious.bank.as_posix())]
 
 
 def demo_inputs(wildcards) -> list[str]:
@@ -41,8 +56,8 @@ def demo_inputs(wildcards) -> list[str]:
 def launcher(wildcards, resources) -> str:
     """python, or torchrun over the job's GPUs (DDP inside one job)."""
     if resources.gpu > 1:
-        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
-    return PYTHON
+        return f"python -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
+    return "python"
 
 
 def trained_input(wildcards) -> list[str]:
@@ -59,29 +74,38 @@ def model_arguments(wildcards) -> str:
     return f"--run-dir {run_dir(wildcards)}"
 
 
-def image_cache_argument(wildcards) -> str:
-    """``--image-cache DIR`` when the config shares decoded evaluation crops between jobs (else nothing)."""
-    return "" if WF.eval_image_cache is None else f"--image-cache {shlex.quote(WF.eval_image_cache.as_posix())}"
+def run_requests(wildcards) -> list[str]:
+    """Every ``<benchmark>[@alpha<α>]`` the tables read of the run (its one evaluation job writes them all)."""
+    path = run_dir(wildcards)
+    if path not in EVAL_REQUESTS:
+        raise WorkflowError(f"{path}: no table reads this run's metrics; `snakemake -n` lists the planned jobs")
+    return EVAL_REQUESTS[path]
+
+
+def run_benchmarks(wildcards) -> set[str]:
+    """The benchmarks among the run's requests."""
+    return {request.partition("@")[0] for request in run_requests(wildcards)}
 
 
 def table_metrics(wildcards) -> list[str]:
-    """Every metrics JSON table `number` reads."""
+    """The evaluation index of every run table `number` reads (its metrics files are written with it)."""
     number = int(wildcards.number)
     if number not in WF.tables:
         raise WorkflowError(f"table {number} is not in the config's tables ({sorted(WF.tables)})")
-    return [path.as_posix() for path in plan.table_inputs(WF, number)]
+    return [path.as_posix() for path in plan.table_indexes(WF, number)]
 
 
 def figure_metrics(wildcards) -> list[str]:
-    """The metrics JSON of the figure's table (the figure reads some of them)."""
+    """The evaluation indexes of the figure's table (the figure reads some of their metrics)."""
     if wildcards.name not in WF.figures:
         raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
-    return [path.as_posix() for path in plan.table_inputs(WF, WF.figures[wildcards.name].table)]
+    return [path.as_posix() for path in plan.table_indexes(WF, WF.figures[wildcards.name].table)]
 
 
 def workflow_yaml(wildcards) -> str:
-    """The validated config as YAML (what stages.reports reads)."""
-    return yaml.safe_dump(WF.model_dump(mode="json"), sort_keys=False)
+    """The validated config as YAML (what stages.reports reads), without the settings that change no report."""
+    execution = {"workers", "device", "compile", "checkpoint_every", "eval_batch_size", "eval_image_cache", "resources"}
+    return yaml.safe_dump(WF.model_dump(mode="json", exclude=execution), sort_keys=False)
 
 
 def descriptor_arguments(wildcards) -> str:

@@ -8,7 +8,6 @@ rule demo_data:
     log:
         f"{RESULTS}/logs/demo/data.log",
     params:
-        python=PYTHON,
         # <data_root>/fmnist-demo/info.json -> <data_root>
         data_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
         options=" ".join(
@@ -18,7 +17,7 @@ rule demo_data:
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.demo data --data-root {params.data_root} {params.options} > {log} 2>&1"
+        "python -m stages.demo data --data-root {params.data_root} {params.options} > {log} 2>&1"
 
 
 rule demo_pretrain:
@@ -30,7 +29,6 @@ rule demo_pretrain:
         f"{RESULTS}/logs/demo/pretrain.log",
     threads: 2
     params:
-        python=PYTHON,
         data_root=lambda wildcards, input: os.path.dirname(os.path.dirname(input[0])),
         options=(
             f"--model {WF.demo.model} --steps {WF.demo.pretrain_steps} --batch-size {WF.demo.pretrain_batch_size}"
@@ -39,5 +37,5 @@ rule demo_pretrain:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.python} -m stages.demo pretrain --data-root {params.data_root}"
+        "OMP_NUM_THREADS={threads} python -m stages.demo pretrain --data-root {params.data_root}"
         " --out {output} {params.options} > {log} 2>&1"

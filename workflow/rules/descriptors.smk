@@ -24,9 +24,8 @@ rule descriptor_bank:
         slug=r"[^/]+",
         version=r"\d+",
     params:
-        python=PYTHON,
         arguments=descriptor_arguments,
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.descriptors generate {params.arguments} --out {output} > {log} 2>&1"
+        "python -m stages.descriptors generate {params.arguments} --out {output} > {log} 2>&1"

@@ -1,5 +1,9 @@
-# Evaluation: one job per (run, benchmark), and per (run, benchmark, α) for WiSE-FT sweeps.
-# Metrics land in <run dir>/eval/<benchmark>.json and <run dir>/eval/<benchmark>@alpha<α>.json.
+# Evaluation: one job per run. It scores every benchmark any table reads of the run, and each
+# WiSE-FT α of it, in one process (checkpoint loaded once, images decoded once, heads built once
+# per text tower) and writes <run dir>/eval/<benchmark>.json, <run dir>/eval/<benchmark>@alpha<α>.json
+# and, last, <run dir>/eval/index.json (the declared output). The metrics files are not declared:
+# snakemake would delete them before a rerun, and a rerun (a benchmark or an α added to a table)
+# keeps every file already computed from the same checkpoint and computes only the new ones.
 # Zero-shot runs are never trained: their job scores the pretrained weights directly.
 
 
@@ -8,11 +12,11 @@ rule evaluate:
         trained_input,
         demo_inputs,
     output:
-        f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}.json",
+        f"{RESULTS}/runs/{RUN}/eval/index.json",
     log:
-        f"{RESULTS}/logs/evaluate/{RUN}/{{benchmark}}.log",
+        f"{RESULTS}/logs/evaluate/{RUN}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{RUN}/{{benchmark}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{RUN}.tsv"
     threads: WF.resources.evaluate.threads
     resources:
         gpu=WF.resources.evaluate.gpu,
@@ -20,46 +24,11 @@ rule evaluate:
         runtime=WF.resources.evaluate.runtime,
     retries: WF.resources.retries
     params:
-        workers=WF.workers,
-        python=PYTHON,
-        data_root=WF.data_root.as_posix(),
-        batch_size=WF.eval_batch_size,
         model=model_arguments,
-        image_cache=image_cache_argument,
+        requests=run_requests,
+        eval_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model} {params.image_cache}"
-        " > {log} 2>&1"
-
-
-rule evaluate_wise:
-    input:
-        trained_input,
-        demo_inputs,
-    output:
-        f"{RESULTS}/runs/{RUN}/eval/{{benchmark}}@alpha{{alpha}}.json",
-    log:
-        f"{RESULTS}/logs/evaluate/{RUN}/{{benchmark}}@alpha{{alpha}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{RUN}/{{benchmark}}@alpha{{alpha}}.tsv"
-    threads: WF.resources.evaluate.threads
-    resources:
-        gpu=WF.resources.evaluate.gpu,
-        mem_mb=lambda wildcards, attempt: WF.resources.evaluate.mem_mb * attempt,
-        runtime=WF.resources.evaluate.runtime,
-    retries: WF.resources.retries
-    params:
-        workers=WF.workers,
-        python=PYTHON,
-        data_root=WF.data_root.as_posix(),
-        batch_size=WF.eval_batch_size,
-        model=model_arguments,
-        image_cache=image_cache_argument,
-    conda:
-        "../../environment.yml"
-    shell:
-        "OMP_NUM_THREADS={threads} {params.python} -m stages.evaluation --benchmark {wildcards.benchmark} --data-root {params.data_root}"
-        " --batch-size {params.batch_size} --workers {params.workers} --out {output} {params.model}"
-        " --alpha {wildcards.alpha} {params.image_cache} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m stages.evaluation {params.model} --eval-dir {params.eval_dir}"
+        " --requests {params.requests} {EVAL_EXECUTION} > {log} 2>&1"

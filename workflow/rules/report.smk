@@ -32,12 +32,10 @@ rule report:
         csv=report(f"{RESULTS}/table{{number}}.csv", category="Tables"),
     log:
         f"{RESULTS}/logs/report/table{{number}}.log",
-    params:
-        python=PYTHON,
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.reports --config {input.config} --table {wildcards.number} > {log} 2>&1"
+        "python -m stages.reports --config {input.config} --table {wildcards.number} > {log} 2>&1"
 
 
 rule figure:
@@ -50,9 +48,7 @@ rule figure:
         report(f"{RESULTS}/figure_{{name}}.png", category="Figures"),
     log:
         f"{RESULTS}/logs/report/figure_{{name}}.log",
-    params:
-        python=PYTHON,
     conda:
         "../../environment.yml"
     shell:
-        "{params.python} -m stages.reports --config {input.config} --figure {wildcards.name} > {log} 2>&1"
+        "python -m stages.reports --config {input.config} --figure {wildcards.name} > {log} 2>&1"

@@ -1,7 +1,8 @@
 # Training: one job per run of the grid (arch, train set, method, variant, bank-concept, λ, seed).
 #
-# run_config writes the run's resolved TrainConfig as <run dir>/train.yaml (rewritten, and the run
-# retrained, when the config of that run changes); train calls `python -m stages.training` on it.
+# run_config writes the run's resolved TrainConfig as <run dir>/train.yaml, execution settings aside
+# (rewritten, and the run retrained, only when what the run computes changes); train calls
+# `python -m stages.training` on it with the execution settings as --set options (TRAIN_EXECUTION).
 # best.pt is the only declared output: ckpt/last.pt survives a failed attempt, so a retry resumes.
 
 
@@ -45,4 +46,5 @@ rule train:
     conda:
         "../../environment.yml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} -m stages.training --config {input.config} --out {params.run_dir} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} -m stages.training --config {input.config} --out {params.run_dir}"
+        " {TRAIN_EXECUTION} > {log} 2>&1"
