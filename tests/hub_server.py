@@ -23,6 +23,7 @@ class HubServer:
         self.committed: dict[str, bytes] = {}
         self.commit_message: str | None = None
         self.validated_yaml: str | None = None
+        self.created: list[str] = []
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,8 +46,10 @@ class HubServer:
                 hub.requests.append(("POST", self.path))
                 body = self._body()
                 if self.path == "/api/repos/create":
-                    name = json.loads(body)
-                    self._reply(200, {"url": f"{hub.url}/{name.get('organization')}/{name['name']}"})
+                    request = json.loads(body)
+                    repo = "/".join(filter(None, (request.get("organization"), request["name"])))
+                    hub.created.append(repo)
+                    self._reply(200, {"url": f"{hub.url}/{repo}"})
                 elif self.path == "/api/validate-yaml":  # the model card's metadata, checked before a commit
                     hub.validated_yaml = json.loads(body).get("content")
                     self._reply(200, {"errors": [], "warnings": []})
@@ -61,7 +64,8 @@ class HubServer:
                             hub.commit_message = item["value"]["summary"]
                         elif item["key"] == "file":
                             hub.committed[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                    self._reply(200, {"commitUrl": f"{hub.url}/commit/0123", "commitOid": "0" * 40})
+                    repo = self.path.removeprefix("/api/models/").split("/commit/")[0]
+                    self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40})
                 else:
                     self._reply(404, {"error": f"not handled: {self.path}"})
 

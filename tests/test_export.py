@@ -101,7 +101,7 @@ def test_push_uploads_every_file_to_the_hub_endpoint(ft_run: Path, tmp_path: Pat
                                  str(tmp_path / "export"), "--push-to", "me/tiny-ft"], env=env, cwd=REPO,
                                 capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    assert ("POST", "/api/repos/create") in hub.requests
+    assert hub.created == ["me/tiny-ft"] and "library_name: open_clip" in hub.validated_yaml
     assert set(hub.committed) == {WEIGHTS, CONFIG, "README.md", HEAD, HEAD_CLASSES, "export.json"}
     assert hub.committed[WEIGHTS] == (tmp_path / "export" / WEIGHTS).read_bytes()
 
