@@ -13,8 +13,11 @@ its key (``train/<key>``, or ``val/<key>`` for validation records) at the record
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
+
+from stages.io import atomic_write_text
 
 TB_DIR = "tb"
 WANDB_ID = "wandb_id.txt"
@@ -72,8 +75,8 @@ def _start_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
-        run_id = wandb.util.generate_id()
-        id_file.write_text(run_id + "\n")
+        run_id = uuid.uuid4().hex[:8]
+        atomic_write_text(id_file, run_id + "\n")
     # Run name: the slots under results/runs/ (arch/train set/method/.../seed), joined.
     parts = run_dir.resolve().parts
     name = "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else run_dir.name
