@@ -52,3 +52,20 @@ def test_wandb_offline_writes_its_local_run_and_a_resume_continues_it(tmp_path: 
     assert (run / WANDB_ID).read_text().strip() == run_id
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same W&B run id, continued
     assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_print_config_shows_defaults_and_help_documents_every_field(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from stages.config import TrainConfig
+    from stages.training.__main__ import field_docs, main
+
+    (tmp_path / "c.yaml").write_text("method: flyp\noptim: {lr: 0.001}\n")
+    assert main(["--config", str(tmp_path / "c.yaml"), "--set", "seed=3", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["method"] == "flyp" and printed["optim"]["lr"] == 0.001 and printed["seed"] == 3
+    assert printed["optim"]["batch_size"] == 512 and printed["tracking"] == ["tensorboard"]
+    assert TrainConfig.model_validate(printed).model_dump() == TrainConfig.model_validate(printed).model_dump()
+    docs = "\n".join(field_docs())
+    assert "  optim.lr = 1e-05" in docs and "  data.csv.separator = '\\t'" in docs and "tracking = ['tensorboard']" in docs
