@@ -52,7 +52,6 @@ class WebDatasetOptions(Strict):
 
     shards: str = Field("{00000..00009}.tar", description="shard names, brace-expanded, under "
                         "<data_root>/webdataset/<split>/")
-    size: int | None = Field(None, ge=1, description="number of samples (default: counted once, when indexing)")
     classnames: Path | None = Field(None, description="text file, one class name per line "
                                     "(default: <data_root>/webdataset/classnames.txt)")
 
