@@ -74,6 +74,7 @@ rule all:
     input:
         [f"{RESULTS}/table{number}.md" for number in WF.tables],
         [f"{RESULTS}/figure_{name}.png" for name in WF.figures],
+        f"{RESULTS}/all_results.csv",
     default_target: True
 
 

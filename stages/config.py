@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 Method = Literal["zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"]
 Concept = Literal["background", "texture", "resolution", "all"]
+Tracker = Literal["tensorboard", "wandb"]
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,29 @@ class ModelConfig(Strict):
     pretrained: str = "openai"
 
 
+class CsvOptions(Strict):
+    """The ``csv`` dataset (FLYP/StarFT CSV files): columns, separator and where class names come from."""
+
+    separator: str = Field("\t", description="field separator (the FLYP/StarFT CSVs use a tab)")
+    img_key: str = Field("filepath", description="column with the image path (relative paths: under data_root)")
+    caption_key: str = Field("title", description="column with the caption; class names are parsed from it "
+                             "with title_template when there is no classnames file")
+    label_key: str | None = Field("label", description="column with the integer label (absent: labels from the "
+                                  "sorted class names)")
+    title_template: str = Field("a photo of a {c}.", description="caption pattern whose {c} is the class name")
+    classnames: Path | None = Field(None, description="text file, one class name per line in label order "
+                                    "(relative: under data_root)")
+
+
+class WebDatasetOptions(Strict):
+    """The ``webdataset`` dataset: tar shards of ``<key>.jpg|png`` + ``<key>.cls`` (or ``json`` with a label)."""
+
+    shards: str = Field("{00000..00009}.tar", description="shard names, brace-expanded, under "
+                        "<data_root>/webdataset/<split>/")
+    classnames: Path | None = Field(None, description="text file, one class name per line "
+                                    "(default: <data_root>/webdataset/classnames.txt)")
+
+
 class DataConfig(Strict):
     """Training data: a registered dataset under ``data_root`` and the caption it is trained with."""
 
@@ -45,6 +69,13 @@ class DataConfig(Strict):
         "default: the training caption only"
     )
     workers: int = Field(4, ge=0)
+    csv: CsvOptions = Field(CsvOptions(), description="options of train_set: csv")
+    webdataset: WebDatasetOptions = Field(WebDatasetOptions(), description="options of train_set: webdataset")
+
+    def dataset_options(self) -> dict[str, Any]:
+        """The options of ``train_set`` for ``stages.data.source.build_dataset`` (empty for other datasets)."""
+        options = {"csv": self.csv, "webdataset": self.webdataset}.get(self.train_set)
+        return options.model_dump() if options is not None else {}
 
 
 class SpuriousConfig(Strict):
@@ -107,6 +138,8 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between resumable checkpoints")
     compile: bool = Field(False, description="torch.compile the image and text towers (same maths; minutes of "
                           "compilation, then faster steps on GPU)")
+    tracking: list[Tracker] = Field(["tensorboard"], description="live trackers: tensorboard (<run dir>/tb/), "
+                                    "wandb (pip install wandb; WANDB_MODE=offline works without an account)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -139,7 +172,7 @@ class TrainConfig(Strict):
 # Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
 # finished run written under other values of these is the same run: it is resumed, and the
 # workflow never reruns a job because one of them changed (DESIGN.md, "Reruns").
-EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "data.workers", "data.data_root")
+EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "data.workers", "data.data_root")
 
 
 def without_execution(config: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +228,8 @@ class TrainSetSpec(Strict):
     head_templates: list[str] | None = None
     lam: float = Field(0.1, ge=0, description="StarFT's λ for this dataset unless a table sweeps λ")
     optim: OptimConfig = OptimConfig()
+    csv: CsvOptions = Field(CsvOptions(), description="options of the csv dataset")
+    webdataset: WebDatasetOptions = Field(WebDatasetOptions(), description="options of the webdataset dataset")
 
 
 class BankSpec(Strict):
@@ -298,7 +333,17 @@ class TradeoffFigureSpec(Strict):
     methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
-FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec, Field(discriminator="kind")]
+class LossFigureSpec(Strict):
+    """Training curves: a train_log.jsonl field over optimiser steps, one curve per method, mean ± std over seeds."""
+
+    kind: Literal["loss"]
+    title: str
+    table: int = Field(description="the table whose trained runs the figure reads (their train_log.jsonl)")
+    field: str = Field("loss", description="the train_log.jsonl key drawn (loss, loss_clip, loss_star, lr, ...)")
+    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+
+
+FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec | LossFigureSpec, Field(discriminator="kind")]
 
 
 class DescriptorsSettings(Strict):
@@ -359,6 +404,8 @@ class WorkflowConfig(Strict):
     checkpoint_every: int = Field(500, ge=1)
     compile: bool = Field(False, description="torch.compile the towers of every training run (GPU: faster steps "
                           "after minutes of compilation)")
+    tracking: list[Tracker] = Field(["tensorboard"], description="live trackers of every training run "
+                                    "(tensorboard, wandb)")
     eval_batch_size: int = Field(256, ge=1)
     eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "
                                           "evaluation jobs (~150 kB per image at 224 px; same results, no re-decoding)")
@@ -385,7 +432,7 @@ class WorkflowConfig(Strict):
             self._check_figure(f"figures.{name}", figure)
         return self
 
-    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec) -> None:
+    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec | LossFigureSpec) -> None:
         """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep)."""
         if figure.table not in self.tables:
             raise ValueError(f"{key}.table: no table {figure.table}; tables: {sorted(self.tables)}")
@@ -393,6 +440,8 @@ class WorkflowConfig(Strict):
         unknown = sorted(set(figure.methods or ()) - set(table.methods))
         if unknown:
             raise ValueError(f"{key}.methods: {unknown} are not in tables.{figure.table}.methods {table.methods}")
+        if isinstance(figure, LossFigureSpec):
+            return
         if isinstance(figure, GroupFigureSpec):
             benchmarks = {column.benchmark for column in table.columns}
             unknown = sorted(set(figure.benchmarks) - benchmarks)
@@ -447,11 +496,13 @@ class WorkflowConfig(Strict):
             model=ModelConfig(name=arch, pretrained=self.archs[arch]),
             data=DataConfig(train_set=train_set, data_root=self.data_root, train_split=spec.train_split,
                             val_split=spec.val_split, caption_template=spec.caption_template,
-                            head_templates=spec.head_templates, workers=self.workers),
+                            head_templates=spec.head_templates, workers=self.workers, csv=spec.csv,
+                            webdataset=spec.webdataset),
             method=method, lam=lam, seed=seed,
             spurious=SpuriousConfig(bank=self.banks[bank].path, concept=concept, **variant.model_dump()),
             optim=spec.optim, options=self.options, precision=self.precision, device=self.device,
             select=spec.select, checkpoint_every=self.checkpoint_every, compile=self.compile,
+            tracking=self.tracking,
         )
 
 

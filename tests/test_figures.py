@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -190,3 +191,25 @@ def test_shipped_configs_define_the_issue_figures() -> None:
         config = validate_workflow_config(yaml.safe_load((REPO / "config" / name).read_text()), name)
         kinds[name] = {figure.kind for figure in config.figures.values()}
     assert kinds == {"config.yaml": {"groups", "lambda"}, "paper.yaml": {"groups", "lambda", "alpha"}}
+
+
+def test_loss_curves_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    raw = raw_config(tmp_path / "results")
+    raw["figures"] = {"loss": {"kind": "loss", "title": "training loss", "table": 3}}
+    config = validate_workflow_config(raw)
+    logs = {("ft", 0): [2.0, 1.0], ("ft", 1): [4.0, 3.0], ("flyp", 0): [1.5, 0.5]}  # starft and flyp seed 1: none
+    for (method, seed), losses in logs.items():
+        run_dir = cell(config, 3, method, seed).run.run_dir(config.results)
+        run_dir.mkdir(parents=True)
+        lines = [{"step": step + 1, "loss": loss, "lr": 0.1} for step, loss in enumerate(losses)]
+        lines.append({"step": 2, "epoch": 0, "val_top1": 0.5})  # validation records carry no loss
+        (run_dir / "train_log.jsonl").write_text("".join(f"{json.dumps(line)}\n" for line in lines))
+    from stages.reports.figures import loss_inputs
+    assert len(loss_inputs(config, config.figures["loss"])) == 6  # ft, flyp, starft x 2 seeds (no zero-shot)
+    plot = build_figure(config, "loss")
+    curves = points(plot)
+    assert set(curves) == {"FT", "FLYP"}
+    assert curves["FT"] == {"1": (1.0, 3.0, pytest.approx(2 ** 0.5)), "2": (2.0, 2.0, pytest.approx(2 ** 0.5))}
+    assert curves["FLYP"]["2"] == (2.0, 0.5, 0.0)
+    assert len(plot.missing) == 3 and all("no loss" in note for note in plot.missing)
+    assert_png(write_figure(plot, tmp_path))

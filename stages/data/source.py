@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 ImageRef = Union[Path, np.ndarray]
-DatasetBuilder = Callable[[Path, str], "LabeledImages"]
+DatasetBuilder = Callable[..., "LabeledImages"]  # (root, split, **options)
 
 _DATASETS: dict[str, DatasetBuilder] = {}
 
@@ -75,19 +75,23 @@ def available_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def build_dataset(name: str, root: Path | None, split: str) -> LabeledImages:
-    """Build the registered dataset `name` for `split` from data root `root`."""
+def build_dataset(name: str, root: Path | None, split: str, **options: Any) -> LabeledImages:
+    """Build the registered dataset `name` for `split` from data root `root` (`options`: the dataset's own,
+    e.g. ``DataConfig.csv`` for ``csv``; datasets without options take none)."""
     if name not in _DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; registered: {', '.join(available_datasets())}")
-    return _DATASETS[name](Path(root) if root is not None else Path("."), split)
+    return _DATASETS[name](Path(root) if root is not None else Path("."), split, **options)
 
 
 def load_image(ref: ImageRef) -> Image.Image:
-    """Open one image as RGB; a missing or corrupt file fails with its path (never skipped)."""
+    """Open one image as RGB; a missing or corrupt file fails with its path (never skipped).
+
+    Besides a path or an array, `ref` may be any object with an ``open()`` method returning a
+    binary file (e.g. ``stages.data.shards.TarMember``, an image inside a tar shard)."""
     if isinstance(ref, np.ndarray):
         return Image.fromarray(ref).convert("RGB")
     try:
-        with Image.open(ref) as image:
+        with Image.open(ref if isinstance(ref, (str, Path)) else ref.open()) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
         raise DatasetError(f"cannot read image {ref}: {error}. Re-extract or replace this file") from error

@@ -82,6 +82,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         # Your own data (stages/data/custom.py): <data_root>/imagefolder/{val,test}/<class folder>/.
         Benchmark("imagefolder-val", "imagefolder", "val", "imagefolder"),
         Benchmark("imagefolder-test", "imagefolder", "test", "imagefolder"),
+        # Your own CSV files (stages/data/formats.py, default options): <data_root>/csv/{val,test}.csv.
+        Benchmark("csv-val", "csv", "csv/val.csv", "imagefolder"),
+        Benchmark("csv-test", "csv", "csv/test.csv", "imagefolder"),
         # The in-memory synthetic dataset of the tests and benchmarks.
         Benchmark("synthetic", "synthetic", "test", "synthetic"),
         # The embedded demo (Fashion-MNIST on injected backgrounds): ID, group shift, domain shifts.

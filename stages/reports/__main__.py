@@ -1,9 +1,10 @@
-"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--out-dir DIR]``.
+"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--all-results] [--out-dir DIR]``.
 
 Builds ``tableN.md`` and ``tableN.csv`` for each N, and ``figure_<NAME>.png`` for each figure of
 the config's ``figures``, from the metrics JSON files the workflow config implies (missing ones
 show as missing cells, or are listed on the figure and here), into DIR (default: the config's
-results).
+results). ``--all-results`` writes ``all_results.csv`` and ``all_results.jsonl``: one row per
+(run, benchmark, WiSE-FT α) with the run's slots and every metric (``stages.reports.results``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import yaml
 
 from stages.config import ConfigError, validate_workflow_config
 from stages.reports.figures import build_figure, write_figure
+from stages.reports.results import write_all_results
 from stages.reports.tables import build_table, write_table
 
 
@@ -26,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="workflow config YAML (stages.config.WorkflowConfig)")
     parser.add_argument("--table", type=int, nargs="+", default=[], help="table numbers, e.g. 2 3")
     parser.add_argument("--figure", nargs="+", default=[], help="figure names (the config's figures), e.g. figure2")
+    parser.add_argument("--all-results", action="store_true",
+                        help="write all_results.csv and .jsonl (one row per run, benchmark and α)")
     parser.add_argument("--out-dir", type=Path, help="where the tables and figures go (default: the config's results)")
     args = parser.parse_args(argv)
-    if not args.table and not args.figure:
-        parser.error("give --table and/or --figure")
+    if not args.table and not args.figure and not args.all_results:
+        parser.error("give --table, --figure and/or --all-results")
     try:
         config = validate_workflow_config(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
         for number in args.table:
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
             for note in plot.missing:
                 print(f"  missing: {note}")
+        if args.all_results:
+            paths, rows, missing = write_all_results(config, args.out_dir or config.results)
+            print(f"all results: {rows} rows, {missing} planned metrics files missing -> {', '.join(map(str, paths))}")
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,9 @@ A figure (``WorkflowConfig.figures``) reads the metrics files of one table's gri
   per-seed difference of a method's top-1 to the zero-shot run of the same arch and train set,
   one bar per table row;
 - ``lambda``: one point per StarFT λ, x and y two of the table's columns (or averages);
-- ``alpha``: one curve per method over the WiSE-FT α grid, same axes.
+- ``alpha``: one curve per method over the WiSE-FT α grid, same axes;
+- ``loss``: training curves, a ``train_log.jsonl`` field (``loss`` by default) over optimiser steps,
+  one curve per table row (mean ± std over seeds as a band), from each trained run's log.
 
 Values without a metrics file are left out and listed in the figure's notes (``Plot.missing``),
 never drawn as zero; a panel with nothing to draw says so. PNGs are rendered with the Agg
@@ -26,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stages import plan
-from stages.config import GroupFigureSpec, TableSpec, TradeoffFigureSpec, WorkflowConfig
+from stages.config import GroupFigureSpec, LossFigureSpec, TableSpec, TradeoffFigureSpec, WorkflowConfig
 from stages.io import atomic_write_binary
 from stages.reports.tables import Stat, column_values, display, with_averages
 
@@ -167,11 +169,57 @@ def tradeoff_panels(config: WorkflowConfig, spec: TradeoffFigureSpec) -> tuple[l
     return [panel], missing
 
 
+def read_log(path: Path, key: str) -> dict[int, float] | None:
+    """Step -> `key` of a train_log.jsonl (records without it skipped); None when the file is missing."""
+    if not path.is_file():
+        return None
+    records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {int(record["step"]): float(record[key]) for record in records if key in record}
+
+
+def loss_inputs(config: WorkflowConfig, spec: LossFigureSpec) -> list[Path]:
+    """The ``<run dir>/train_log.jsonl`` files a loss figure reads: every trained run of its table."""
+    methods = spec.methods or config.tables[spec.table].methods
+    runs = {cell.run.run_dir(config.results) for cell in plan.table_cells(config, spec.table)
+            if cell.alpha is None and cell.run.method != "zeroshot" and cell.run.method in methods}
+    return sorted(run / "train_log.jsonl" for run in runs)
+
+
+def loss_panels(config: WorkflowConfig, spec: LossFigureSpec) -> tuple[list[Panel], list[str]]:
+    """One panel: spec.field over optimiser steps, one curve per table row, mean ± std over seeds per step."""
+    table = config.tables[spec.table]
+    methods = spec.methods or [method for method in table.methods if method != "zeroshot"]
+    curves: dict[str, dict[int, dict[int, float]]] = {}  # series -> step -> seed -> value
+    planned: dict[str, int] = {}
+    missing = []
+    for cell in plan.table_cells(config, spec.table):
+        if cell.alpha is not None or cell.run.method == "zeroshot" or cell.run.method not in methods:
+            continue
+        series = series_label(config, table, cell, skip="ensemble")
+        planned[series] = planned.get(series, 0) + 1
+        path = cell.run.run_dir(config.results) / "train_log.jsonl"
+        log = read_log(path, spec.field)
+        if not log:
+            missing.append(f"{series}: seed {cell.seed}: no {spec.field} in {path}")
+            continue
+        for step, value in log.items():
+            curves.setdefault(series, {}).setdefault(step, {})[cell.seed] = value
+    panel = Panel(f"{spec.field} during training", "optimiser step", spec.field)
+    for series, by_step in curves.items():
+        panel.series[series] = [Point(str(step), Stat(list(by_step[step].values())), Stat([float(step)]))
+                                for step in sorted(by_step)]
+    return [panel], missing
+
+
 def build_figure(config: WorkflowConfig, name: str) -> Plot:
-    """Read every metrics file figure `name` needs and aggregate it over seeds."""
+    """Read every metrics file (or training log) figure `name` needs and aggregate it over seeds."""
     spec = config.figures[name]
-    panels, missing = (group_panels(config, spec) if isinstance(spec, GroupFigureSpec)
-                       else tradeoff_panels(config, spec))
+    if isinstance(spec, GroupFigureSpec):
+        panels, missing = group_panels(config, spec)
+    elif isinstance(spec, LossFigureSpec):
+        panels, missing = loss_panels(config, spec)
+    else:
+        panels, missing = tradeoff_panels(config, spec)
     return Plot(name, spec.title, spec.kind, panels, missing)
 
 
@@ -196,6 +244,16 @@ def _draw_tradeoff(axes: Axes, panel: Panel) -> None:
         for point in points:
             axes.annotate(point.label, (point.x.mean, point.y.mean), textcoords="offset points", xytext=(4, 4),
                           fontsize="x-small")
+
+
+def _draw_curves(axes: Axes, panel: Panel) -> None:
+    """One line per series over steps, its std over seeds as a shaded band."""
+    for series, points in panel.series.items():
+        steps = [p.x.mean for p in points]
+        means, stds = [p.y.mean for p in points], [p.y.std for p in points]
+        (line,) = axes.plot(steps, means, label=series)
+        axes.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                          color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def render(plot: Plot) -> Figure:
@@ -225,7 +283,7 @@ def render(plot: Plot) -> Figure:
             axes.set_xticks([])
             axes.set_yticks([])
             continue
-        (_draw_bars if bars else _draw_tradeoff)(axes, panel)
+        {"groups": _draw_bars, "loss": _draw_curves}.get(plot.kind, _draw_tradeoff)(axes, panel)
         axes.set_xlabel(panel.xlabel)
         axes.set_ylabel(panel.ylabel)
         axes.grid(alpha=0.3)

@@ -1,8 +1,9 @@
-"""``python -m stages.training --config CONFIG.yaml [--out RUN_DIR] [--set key=value ...]``.
+"""``python -m stages.training --config CONFIG.yaml [--out RUN_DIR] [--set key=value ...] [--print-config]``.
 
 Trains one run into RUN_DIR (default: the templated run-directory path of DESIGN.md under
 ``--results``), resuming from ``RUN_DIR/ckpt/last.pt`` when present and doing nothing when
-``RUN_DIR/best.pt`` already exists.
+``RUN_DIR/best.pt`` already exists. ``--print-config`` prints the resolved config (every field,
+defaults filled in) as YAML and exits; the fields and their defaults are listed below.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
-from stages.config import ConfigError, load_train_config
+from stages.config import ConfigError, TrainConfig, load_train_config
 from stages.data.source import DatasetError
 from stages.descriptors.bank import BankError
 from stages.models.factory import ModelLoadError
@@ -31,17 +33,40 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
+def field_docs(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    """One line per config field (dotted key, default, description), nested models expanded."""
+    lines = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += field_docs(annotation, f"{prefix}{name}.")
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = default.as_posix() if isinstance(default, Path) else default
+        lines.append(f"  {prefix}{name} = {shown!r}" + (f": {info.description}" if info.description else ""))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.training", description=__doc__,
+                                     epilog="config fields (key = default: meaning):\n" + "\n".join(field_docs()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="training config YAML (stages.config.TrainConfig)")
+    parser.add_argument("--config", type=Path, help="training config YAML (stages.config.TrainConfig); "
+                        "required unless --print-config (then: the defaults)")
     parser.add_argument("--out", type=Path, help="run directory (default: templated path under --results)")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results root for the default --out")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     args = parser.parse_args(argv)
+    if args.config is None and (not args.print_config or args.overrides):
+        parser.error("--config is required (--print-config alone prints the defaults)")
     try:
-        config = load_train_config(args.config, parse_overrides(args.overrides))
+        config = TrainConfig() if args.config is None else load_train_config(args.config,
+                                                                               parse_overrides(args.overrides))
+        if args.print_config:
+            print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
+            return 0
         run_dir = args.out or config.run_dir(args.results)
         best = train(config, run_dir)
     except (ConfigError, DatasetError, BankError, ModelLoadError) as error:

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -27,15 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-import stages
 from stages.config import TrainConfig, without_execution
 from stages.data.source import ImageDataset, LabeledImages, build_dataset, load_image
 from stages.descriptors.bank import load_bank
 from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from stages.models.factory import create_clip
+from stages.provenance import code_version, now, provenance
 from stages.training.checkpoint import BEST, LAST
 from stages.training.distributed import DistInfo, average_gradients, init_distributed
 from stages.training.methods import Method, MethodContext, build_method
+from stages.training.tracking import Tracker
 
 BEST_VAL = Path("ckpt") / "best_val.pt"
 LOG = "train_log.jsonl"
@@ -107,15 +107,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
-def _code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(stages.__file__).parent,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        return f"stages@{commit}"
-    except (OSError, subprocess.CalledProcessError):
-        return "stages@unknown"
-
-
 def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -123,13 +114,19 @@ def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
 
 
 def _rng_states() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state as tensors and plain types, so ckpt/last.pt loads with ``weights_only=True``."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    numpy_state = states["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(states["python"])
     if states["cuda"]:
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -177,7 +174,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- model, data, method ---------------------------------------------------------------
     bundle = create_clip(config.model.name, config.model.pretrained, device=device)
-    train_source = build_dataset(config.data.train_set, config.data.data_root, config.data.train_split)
+    train_source = build_dataset(config.data.train_set, config.data.data_root, config.data.train_split,
+                                 **config.data.dataset_options())
     bank_sha256, descriptors = None, ["{}."]
     if config.method == "starft" and config.spurious.suffix == "spurious":
         bank = load_bank(config.spurious.bank)
@@ -198,7 +196,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     samples = TrainingSamples(train_source, bundle.preprocess_train, config.seed, len(descriptors))
     val_loader = None
     if config.select == "val":
-        val_source = build_dataset(config.data.train_set, config.data.data_root, config.data.val_split)
+        val_source = build_dataset(config.data.train_set, config.data.data_root, config.data.val_split,
+                                   **config.data.dataset_options())
         val_loader = DataLoader(ImageDataset(val_source, bundle.preprocess_val), batch_size=micro_batch,
                                 num_workers=config.data.workers)
 
@@ -206,7 +205,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     run_record = {
         "config": config.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
-        "method": config.method, "code_version": _code_version(), "bank_sha256": bank_sha256,
+        "method": config.method, "code_version": code_version(), "provenance": provenance(), "bank_sha256": bank_sha256,
         "num_descriptors": len(descriptors) if bank_sha256 else 0, "classnames": train_source.classnames,
         "train_size": len(train_source), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "device": str(device), "world_size": dist_info.world_size,
@@ -229,7 +228,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
-    state = torch.load(run_dir / LAST, map_location="cpu", weights_only=False) if (run_dir / LAST).is_file() else None
+    state = torch.load(run_dir / LAST, map_location="cpu", weights_only=True) if (run_dir / LAST).is_file() else None
     if state is not None and not _same_run(state.get("config"), run_record["config"]):
         # Resuming someone else's optimiser state would silently mix two runs.
         print(f"{run_dir / LAST} was written by a different config: starting this run from scratch")
@@ -263,6 +262,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     method.train()
     progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} {run_dir.name}", unit="step",
                     disable=not writes)
+    tracker = Tracker(run_dir, config.tracking, run_record["config"], enabled=writes)
     with open(log_path if writes else os.devnull, "a", encoding="utf-8") as log:
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -289,8 +289,9 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                     for name, value in terms.items():
                         totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(group)
                 average_gradients(method.trainable_parameters())
-                if optim.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
+                             if optim.grad_clip is not None else torch.nn.utils.get_total_norm(
+                                 [p.grad for p in method.trainable_parameters() if p.grad is not None]))
                 optimizer.step()
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
@@ -299,8 +300,10 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 seconds = time.perf_counter() - started
                 record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "loss": sum(totals.values()),
                           **{f"loss_{name}": value for name, value in totals.items()},
-                          "samples_per_s": dist_info.world_size * sum(len(b["label"]) for b in group) / seconds}
+                          "samples_per_s": dist_info.world_size * sum(len(b["label"]) for b in group) / seconds,
+                          "grad_norm": float(grad_norm)}
                 log.write(json.dumps(record) + "\n")
+                tracker.log(record)
                 log.flush()
                 progress.update()
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
@@ -310,6 +313,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             if val_loader is not None:
                 top1 = _validate(method, val_loader, device)
                 log.write(json.dumps({"step": step, "epoch": epoch, "val_top1": top1}) + "\n")
+                tracker.log({"step": step, "epoch": epoch, "val_top1": top1})
                 log.flush()
                 if top1 > best_val:
                     best_val = top1
@@ -317,11 +321,13 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                         atomic_torch_save(run_dir / BEST_VAL, _weights_payload(method, config, step))
             save_last()
     progress.close()
+    tracker.close()
 
     if config.select == "val":
         payload = torch.load(run_dir / BEST_VAL, map_location="cpu", weights_only=True)
     else:
         payload = _weights_payload(method, config, step)
     if writes:
+        atomic_write_json(run_dir / "run.json", {**run_record, "finished": now()})
         atomic_torch_save(run_dir / BEST, payload)  # written last: its presence means the run is complete
     return run_dir / BEST

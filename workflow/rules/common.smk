@@ -10,6 +10,8 @@ import shlex
 
 import yaml
 
+from stages.reports.figures import loss_inputs
+
 # `python -m stages.training` options for the execution settings kept out of train.yaml (the same
 # for every run of the grid).
 TRAIN_EXECUTION = " ".join(
@@ -96,10 +98,19 @@ def table_metrics(wildcards) -> list[str]:
 
 
 def figure_metrics(wildcards) -> list[str]:
-    """The evaluation indexes of the figure's table (the figure reads some of their metrics)."""
+    """What the figure reads: its table's evaluation indexes, or, for training curves, its runs' best.pt
+    (written after train_log.jsonl, which is not a declared output)."""
     if wildcards.name not in WF.figures:
         raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
-    return [path.as_posix() for path in plan.table_indexes(WF, WF.figures[wildcards.name].table)]
+    figure = WF.figures[wildcards.name]
+    if figure.kind == "loss":
+        return [(path.parent / "best.pt").as_posix() for path in loss_inputs(WF, figure)]
+    return [path.as_posix() for path in plan.table_indexes(WF, figure.table)]
+
+
+def all_metrics(wildcards) -> list[str]:
+    """The evaluation index of every run any table reads (results/all_results.* flatten their metrics)."""
+    return sorted({path.as_posix() for number in WF.tables for path in plan.table_indexes(WF, number)})
 
 
 def workflow_yaml(wildcards) -> str:

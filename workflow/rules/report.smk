@@ -1,5 +1,6 @@
 # Reports: results/tableN.{md,csv} from the metrics JSON only (stages.reports), the paper's
-# number and the difference beside ours; results/figure_<name>.png for the config's figures.
+# number and the difference beside ours; results/figure_<name>.png for the config's figures;
+# results/all_results.{csv,jsonl}: one row per (run, benchmark, α), for your own plots.
 # workflow_config.yaml is the validated config the report CLI reads (rewritten, and the tables
 # and figures rebuilt, when the config changes).
 
@@ -8,6 +9,7 @@ localrules:
     workflow_config,
     report,
     figure,
+    all_results,
 
 
 rule workflow_config:
@@ -52,3 +54,18 @@ rule figure:
         "../../environment.yml"
     shell:
         "python -m stages.reports --config {input.config} --figure {wildcards.name} > {log} 2>&1"
+
+
+rule all_results:
+    input:
+        config=f"{RESULTS}/workflow_config.yaml",
+        metrics=all_metrics,
+    output:
+        csv=report(f"{RESULTS}/all_results.csv", category="Tables"),
+        jsonl=f"{RESULTS}/all_results.jsonl",
+    log:
+        f"{RESULTS}/logs/report/all_results.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m stages.reports --config {input.config} --all-results > {log} 2>&1"

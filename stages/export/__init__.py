@@ -1,0 +1,182 @@
+"""Export a finished run in open_clip's own Hub format, with a model card, and optionally push it.
+
+``export_run(run_dir, out, alpha)`` writes into `out`:
+
+- ``open_clip_model.safetensors``: the model's state dict (WiSE-FT-interpolated with the run's
+  zero-shot start when `alpha` is given, exactly as ``stages.evaluation`` scores it);
+- ``open_clip_config.json``: ``{"model_cfg": the full architecture, "preprocess_cfg": ...}``, so
+  plain open_clip loads it with ``create_model_and_transforms("local-dir:OUT")`` (or
+  ``"hf-hub:ORG/NAME"`` once pushed) without this package's tiny configs registered;
+- ``head.safetensors`` + ``head_classnames.json`` for head methods (FT, CAR-FT, Lipsum-FT): logits
+  are ``normalize(encode_image(x)) @ weight.T``;
+- ``README.md``: a Hugging Face model card (YAML metadata: library_name open_clip, base_model,
+  datasets, metrics) with the recipe, the bank and its sha256, the run's evaluation results
+  (``<run dir>/eval/*.json``), how to load it and the StarFT citation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import safetensors.torch
+from huggingface_hub import ModelCard, ModelCardData
+
+from stages.evaluation.run import load_run
+from stages.io import atomic_write_json, atomic_write_text, sha256_file
+
+WEIGHTS = "open_clip_model.safetensors"
+CONFIG = "open_clip_config.json"
+HEAD = "head.safetensors"
+HEAD_CLASSES = "head_classnames.json"
+
+CITATION = """@inproceedings{kim2025starft,
+  title     = {StarFT: Robust Fine-tuning of Zero-shot Models via Spuriosity Alignment},
+  author    = {Kim, Younghyun and Jeong, Jongheon and Kwak, Sangkyung and Lee, Kyungmin and Lee, Juho and Shin, Jinwoo},
+  booktitle = {Proceedings of the Thirty-Fourth International Joint Conference on Artificial Intelligence (IJCAI)},
+  year      = {2025},
+  note      = {arXiv:2505.13232}
+}"""
+
+
+class ExportError(RuntimeError):
+    """A run that cannot be exported (not finished, or an architecture open_clip does not know)."""
+
+
+def _model_cfg(name: str) -> dict[str, Any]:
+    """The full open_clip architecture config of `name` (tiny test configs included)."""
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ExportError(f"open_clip has no config for architecture {name!r}; cannot write {CONFIG}")
+    return cfg
+
+
+def _eval_results(run_dir: Path, alpha: float | None) -> list[dict[str, Any]]:
+    """The metrics JSONs of the exported weights: ``eval/<benchmark>.json`` (or ``@alpha<α>`` ones)."""
+    results = []
+    for path in sorted((run_dir / "eval").glob("*.json")):
+        benchmark, _, suffix = path.stem.partition("@alpha")
+        if (float(suffix) if suffix else None) != alpha:
+            continue
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        results.append({"benchmark": payload.get("benchmark", benchmark), "n": payload.get("n"),
+                        "metrics": payload.get("metrics", {})})
+    return results
+
+
+def model_card(run: dict[str, Any], results: list[dict[str, Any]], alpha: float | None, has_head: bool) -> ModelCard:
+    """The Hub model card (README.md) of an export: metadata, recipe, bank, results, loading, citation."""
+    config = run.get("config", {})
+    model, data, optim, spurious = (config.get(key, {}) for key in ("model", "data", "optim", "spurious"))
+    card_data = ModelCardData(
+        library_name="open_clip", license="mit", tags=["clip", "robust-fine-tuning", config.get("method", "")],
+        base_model=None if model.get("pretrained") in (None, "none") else f"{model.get('name')}/{model.get('pretrained')}",
+        datasets=[data.get("train_set")] if data.get("train_set") else None,
+        metrics=sorted({name for result in results for name in result["metrics"]}) or None,
+    )
+    rows = "\n".join(f"| {r['benchmark']} | {r['n']} | " + ", ".join(f"{k} {100 * v:.2f}" for k, v in
+                                                                      sorted(r["metrics"].items())) + " |"
+                     for r in results)
+    bank = (f"`{spurious.get('bank')}` (concept {spurious.get('concept')}, sha256 `{run.get('bank_sha256')}`, "
+            f"{run.get('num_descriptors')} descriptors)" if run.get("bank_sha256") else "none (no spurious captions)")
+    head = (f"\nThe trained classification head is in `{HEAD}` (key `weight`, one row per class of `{HEAD_CLASSES}`):"
+            " logits = `F.normalize(model.encode_image(x), dim=-1) @ weight.T`.\n" if has_head else "")
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {model.get('name')} fine-tuned on {data.get('train_set')} with {config.get('method')}
+
+Fine-tuned from open_clip `{model.get('name')}` (`pretrained={model.get('pretrained')}`) with the
+`stages` pipeline{'' if alpha is None else f', WiSE-FT-interpolated with its zero-shot start at alpha {alpha:g}'}.
+
+## Recipe
+
+| setting | value |
+|---|---|
+| method | {config.get('method')} |
+| λ (Star term) | {config.get('lam')} (decay {spurious.get('decay')}, mask {spurious.get('mask')}, suffix {spurious.get('suffix')}) |
+| descriptor bank | {bank} |
+| training data | {data.get('train_set')} / {data.get('train_split')}, caption `{data.get('caption_template')}` |
+| optimiser | AdamW lr {optim.get('lr')}, weight decay {optim.get('weight_decay')}, {optim.get('warmup_steps')} warm-up steps, cosine |
+| epochs, batch | {optim.get('epochs')}, {optim.get('batch_size')} |
+| steps | {run.get('total_steps')} |
+| seed | {config.get('seed')} |
+| code | {run.get('code_version')} |
+
+## Evaluation results
+
+| benchmark | images | metrics (%) |
+|---|---|---|
+{rows or '| (none found in the run directory) | | |'}
+
+## How to load
+
+```python
+import open_clip
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH")  # or "hf-hub:ORG/NAME"
+tokenizer = open_clip.get_tokenizer("local-dir:PATH")
+```
+{head}
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(content)
+
+
+def export_run(run_dir: Path, out: Path, alpha: float | None = None) -> list[Path]:
+    """Write the open_clip Hub folder of a finished run into `out`; return the files written."""
+    run_dir, out = Path(run_dir), Path(out)
+    loaded = load_run(run_dir, alpha=alpha)
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    model = loaded.bundle.model
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{WEIGHTS}.tmp"
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    safetensors.torch.save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / WEIGHTS)
+    visual = model.visual
+    preprocess = {"mean": list(visual.image_mean), "std": list(visual.image_std),
+                  **{key: visual.preprocess_cfg[key] for key in ("interpolation", "resize_mode")
+                     if key in visual.preprocess_cfg}}
+    atomic_write_json(out / CONFIG, {"model_cfg": _model_cfg(loaded.bundle.name), "preprocess_cfg": preprocess})
+    written = [out / WEIGHTS, out / CONFIG]
+    if loaded.head_weight is not None:
+        tmp = out / f".{HEAD}.tmp"
+        safetensors.torch.save_file({"weight": loaded.head_weight.detach().float().cpu().contiguous()}, str(tmp))
+        tmp.replace(out / HEAD)
+        atomic_write_json(out / HEAD_CLASSES, list(loaded.head_classnames or []))
+        written += [out / HEAD, out / HEAD_CLASSES]
+    card = model_card(run, _eval_results(run_dir, alpha), alpha, loaded.head_weight is not None)
+    atomic_write_text(out / "README.md", str(card))
+    written.append(out / "README.md")
+    atomic_write_json(out / "export.json", {"run_dir": str(run_dir), "alpha": alpha,
+                                            "checkpoint_sha256": loaded.identity["checkpoint_sha256"],
+                                            "weights_sha256": sha256_file(out / WEIGHTS)})
+    written.append(out / "export.json")
+    return written
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload `folder` to the Hub repo `repo_id` (created if missing) with ``HfApi.upload_folder``; its URL.
+
+    The endpoint is ``$HF_ENDPOINT`` (default huggingface.co) and the token ``$HF_TOKEN`` or the
+    cached login; with ``HF_HUB_OFFLINE=1`` nothing can be sent, which is an error here.
+    """
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ExportError("--push-to: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it (HF_HUB_OFFLINE=0)")
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Add fine-tuned open_clip model",
+                               ignore_patterns=[".*"])
+    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+
+
+__all__ = ["ExportError", "export_run", "model_card", "push"]
