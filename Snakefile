@@ -7,6 +7,7 @@
 # the parse, naming it); dataset folders are checked in onstart (dry runs skip it). See docs/workflow.md.
 
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -32,10 +33,11 @@ except ConfigError as error:
     raise WorkflowError(f"{error}\nFix the config key named above; nothing was run.")
 
 # Rules call `python`: the interpreter running snakemake, whatever path started it (`snakemake`,
-# `python -m snakemake`, a symlinked venv). It is put first on PATH here instead of being spelled
-# into commands or params, which snakemake records: a recorded interpreter path would rerun
-# every finished job the day the venv is reached through another path (DESIGN.md, "Reruns").
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# `python -m snakemake`, a symlinked venv). Its folder goes first on PATH in every job's shell
+# instead of being spelled into commands or params, which snakemake records: a recorded
+# interpreter path would rerun every finished job the day the venv is reached through another
+# path (DESIGN.md, "Reruns").
+shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
 RESULTS = WF.results.as_posix()
 RUNS = plan.runs_by_dir(WF)
 EVAL_REQUESTS = plan.eval_requests(WF)

@@ -10,7 +10,7 @@ import pytest
 
 from stages.config import validate_workflow_config
 from stages.reports.__main__ import main
-from stages.reports.results import all_results_inputs
+from stages import plan
 from test_figures import cell, raw_config, write_eval
 
 
@@ -23,7 +23,7 @@ def test_all_results_rows_slots_and_metrics(tmp_path: Path, capsys: pytest.Captu
     write_eval(starft.eval_path(config.results, "demo-group"), {"top1": 0.5, "minority_mean": 0.25})
     write_eval(starft.eval_path(config.results, "demo-id"), {"top1": 0.75})
     write_eval(flyp.eval_path(config.results, "demo-sketch"), {"top1": 0.125})
-    inputs = all_results_inputs(config)
+    inputs = sorted({path for number in config.tables for path in plan.table_inputs(config, number)})
     assert starft.eval_path(config.results, "demo-group") in inputs and len(inputs) == len(set(inputs))
     assert main(["--config", str(tmp_path / "config.yaml"), "--all-results"]) == 0
     assert f"3 rows, {len(inputs) - 3} planned metrics files missing" in capsys.readouterr().out

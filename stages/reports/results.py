@@ -22,11 +22,6 @@ SLOTS = ["arch", "pretrained", "train_set", "method", "variant", "bank", "concep
          "benchmark", "run_dir"]
 
 
-def all_results_inputs(config: WorkflowConfig) -> list[Path]:
-    """Every metrics JSON any table of `config` reads (the workflow rule's inputs), sorted."""
-    return sorted({path for number in config.tables for path in plan.table_inputs(config, number)})
-
-
 def all_results(config: WorkflowConfig) -> tuple[list[dict[str, Any]], list[Path]]:
     """(rows, planned metrics files that are missing); rows sorted by run dir, α, benchmark."""
     rows: dict[tuple[str, float | None, str], dict[str, Any]] = {}

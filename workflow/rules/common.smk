@@ -3,8 +3,9 @@
 #
 # What snakemake records of a job decides when it reruns (params, inputs, the command's text):
 # only what changes results goes there. Execution settings (loader workers, device, batch size of
-# evaluation, cache folders, where the data lies) reach commands through the globals below, which
-# the command text names but snakemake does not record (DESIGN.md, "Reruns").
+# evaluation, cache folders, where the data lies) reach commands through `execution` params that
+# are functions of `resources`, which snakemake counts as derived and does not record
+# (DESIGN.md, "Reruns"; tests/test_demo.py checks that changing them reruns nothing).
 
 import shlex
 
@@ -22,6 +23,16 @@ EVAL_EXECUTION = " ".join(
     [f"--data-root {shlex.quote(WF.data_root.as_posix())}", f"--batch-size {WF.eval_batch_size}", f"--workers {WF.workers}"]
     + ([] if WF.eval_image_cache is None else [f"--image-cache {shlex.quote(WF.eval_image_cache.as_posix())}"])
 )
+
+
+def train_execution(wildcards, resources) -> str:
+    """TRAIN_EXECUTION, as a params function snakemake does not record (it takes `resources`)."""
+    return TRAIN_EXECUTION
+
+
+def eval_execution(wildcards, resources) -> str:
+    """EVAL_EXECUTION, as a params function snakemake does not record (it takes `resources`)."""
+    return EVAL_EXECUTION
 
 
 def run_dir(wildcards) -> str:

@@ -27,8 +27,9 @@ rule evaluate:
         model=model_arguments,
         requests=run_requests,
         eval_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        execution=eval_execution,
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} python -m stages.evaluation {params.model} --eval-dir {params.eval_dir}"
-        " --requests {params.requests} {EVAL_EXECUTION} > {log} 2>&1"
+        " --requests {params.requests} {params.execution} > {log} 2>&1"

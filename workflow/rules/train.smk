@@ -2,7 +2,7 @@
 #
 # run_config writes the run's resolved TrainConfig as <run dir>/train.yaml, execution settings aside
 # (rewritten, and the run retrained, only when what the run computes changes); train calls
-# `python -m stages.training` on it with the execution settings as --set options (TRAIN_EXECUTION).
+# `python -m stages.training` on it with the execution settings as --set options (train_execution).
 # best.pt is the only declared output: ckpt/last.pt survives a failed attempt, so a retry resumes.
 
 
@@ -43,8 +43,9 @@ rule train:
     params:
         launcher=launcher,
         run_dir=run_dir,
+        execution=train_execution,
     conda:
         "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m stages.training --config {input.config} --out {params.run_dir}"
-        " {TRAIN_EXECUTION} > {log} 2>&1"
+        " {params.execution} > {log} 2>&1"
