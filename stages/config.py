@@ -101,12 +101,19 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     options: MethodOptions = MethodOptions()
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16: fp16 autocast with a gradient scaler "
+        "(GPUs without bf16: V100, T4)"
+    )
     device: str = "auto"
     select: Literal["last", "val"] = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between resumable checkpoints")
     compile: bool = Field(False, description="torch.compile the image and text towers (same maths; minutes of "
                           "compilation, then faster steps on GPU)")
+    grad_checkpointing: bool = Field(False, description="recompute the student's tower activations in the backward "
+                                     "(same loss and gradients, far less memory: big contrastive batches on small GPUs)")
+    log_every: int = Field(10, ge=1, description="optimiser steps per train_log.jsonl row (loss terms averaged over "
+                           "them; read from the device only then)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -335,12 +342,14 @@ class WorkflowConfig(Strict):
     banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
     train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
     options: MethodOptions = MethodOptions()
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     workers: int = Field(4, ge=0, description="data-loader workers of training and evaluation")
     checkpoint_every: int = Field(500, ge=1)
     compile: bool = Field(False, description="torch.compile the towers of every training run (GPU: faster steps "
                           "after minutes of compilation)")
+    grad_checkpointing: bool = Field(False, description="gradient checkpointing in every training run's student "
+                                     "(same results, less GPU memory, ~30% more compute)")
     eval_batch_size: int = Field(256, ge=1)
     eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "
                                           "evaluation jobs (~150 kB per image at 224 px; same results, no re-decoding)")
@@ -434,6 +443,7 @@ class WorkflowConfig(Strict):
             spurious=SpuriousConfig(bank=self.banks[bank].path, concept=concept, **variant.model_dump()),
             optim=spec.optim, options=self.options, precision=self.precision, device=self.device,
             select=spec.select, checkpoint_every=self.checkpoint_every, compile=self.compile,
+            grad_checkpointing=self.grad_checkpointing,
         )
 
 

@@ -1,7 +1,8 @@
-"""Two gloo processes on CPU reproduce the single-process loss and gradients of the global batch."""
+"""Two gloo processes on CPU (DDP) reproduce the single-process loss and gradients of the global batch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,15 +19,19 @@ import yaml
 from conftest import move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
-from stages.training.distributed import average_gradients
+from stages.training.distributed import DistInfo, TrainingStep
 from stages.training.methods import MethodContext, build_method
 
 DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _step(method_name: str, rank: int, world_size: int) -> tuple[float, list[torch.Tensor]]:
-    """One training step of `method_name` on this rank's shard of a fixed 8-sample global batch."""
+def _step(method_name: str, rank: int, world_size: int, accum: int = 1) -> tuple[float, list[torch.Tensor]]:
+    """One training step of `method_name` on this rank's shard of a fixed 8-sample global batch.
+
+    With `accum` micro-batches, the k-th is the k-th slice of the global batch (each rank taking
+    its shard of it), as the loop accumulates; DDP all-reduces in the last backward only.
+    """
     torch.manual_seed(0)
     config = tiny_config(method_name)
     bundle = create_clip("TinyCLIP-test", None)
@@ -36,33 +41,44 @@ def _step(method_name: str, rank: int, world_size: int) -> tuple[float, list[tor
     method.double()  # float64 so that only the gather itself, not rounding, could make a difference
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
     batch = {"image": images, "label": torch.tensor(source.labels), "descriptor_index": torch.arange(8) % 3}
-    shard = {key: value[rank::world_size] for key, value in batch.items()}
-    terms = method.training_step(shard, lam=0.8)
-    assert all(float(value.detach()) > 1e-3 for name, value in terms.items() if name in ("star", "distill"))
-    loss = sum(terms.values())
-    loss.backward()
-    params = method.trainable_parameters()
-    average_gradients(params)
-    return float(loss.detach()), [p.grad.clone() for p in params]
+    step = TrainingStep(method, DistInfo(rank, world_size), torch.device("cpu"))
+    size = 8 // accum
+    total = 0.0
+    for k in range(accum):
+        shard = {key: value[k * size:(k + 1) * size][rank::world_size] for key, value in batch.items()}
+        with step.no_sync() if k < accum - 1 else contextlib.nullcontext():
+            terms = step(shard, lam=0.8)
+            assert all(float(value.detach()) > 1e-3 for name, value in terms.items() if name in ("star", "distill"))
+            loss = sum(terms.values()) / accum
+            loss.backward()
+        total += float(loss.detach())
+    return total, [p.grad.clone() for p in method.trainable_parameters()]
 
 
-def _worker(rank: int, world_size: int, method_name: str, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world_size: int, method_name: str, init_file: str, out_dir: str, accum: int = 1) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    loss, grads = _step(method_name, rank, world_size)
+    loss, grads = _step(method_name, rank, world_size, accum)
     torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method_name", ["starft", "flyp", "carot"])
-def test_two_ranks_equal_one_process(tmp_path: Path, method_name: str) -> None:
-    single_loss, single_grads = _step(method_name, rank=0, world_size=1)
-    mp.spawn(_worker, args=(2, method_name, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("method_name,accum", [("starft", 1), ("flyp", 1), ("carot", 1), ("starft", 2)],
+                         ids=["starft", "flyp", "carot", "starft-accum2"])
+def test_two_ranks_equal_one_process(tmp_path: Path, method_name: str, accum: int) -> None:
+    single_loss, single_grads = _step(method_name, rank=0, world_size=1, accum=accum)
+    mp.spawn(_worker, args=(2, method_name, str(tmp_path / "init"), str(tmp_path), accum), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["loss"] == pytest.approx(single_loss, rel=1e-12)
         for got, want in zip(result["grads"], single_grads):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+        # Relative differences over the entries above 1e-6 of their tensor's largest (rounding-level ones aside).
+        differences = [((got - want).abs().max().item(),
+                        ((got - want).abs() / want.abs())[want.abs() > 1e-6 * want.abs().max()].max().item())
+                       for got, want in zip(result["grads"], single_grads)]
+        print(f"{method_name} accum {accum} rank {rank}: loss diff {abs(result['loss'] - single_loss):.2e}, grad max "
+              f"abs diff {max(a for a, _ in differences):.2e}, max rel diff {max(r for _, r in differences):.2e}")
 
 
 def _free_port() -> int:

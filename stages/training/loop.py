@@ -34,7 +34,7 @@ from stages.descriptors.bank import load_bank
 from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from stages.models.factory import create_clip
 from stages.training.checkpoint import BEST, LAST
-from stages.training.distributed import DistInfo, average_gradients, init_distributed
+from stages.training.distributed import DistInfo, TrainingStep, init_distributed
 from stages.training.methods import Method, MethodContext, build_method
 
 BEST_VAL = Path("ckpt") / "best_val.pt"
@@ -116,10 +116,17 @@ def _code_version() -> str:
         return "stages@unknown"
 
 
-def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":  # init_distributed made this rank's GPU the current one
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(config.device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: fp32): auto is bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -144,7 +151,7 @@ def _weights_payload(method: Method, config: TrainConfig, step: int) -> dict[str
 
 # Settings that change how a run executes, not what it computes: a checkpoint written under
 # other values of these is still this run's and is resumed.
-_EXECUTION_ONLY = ("device", "compile", "checkpoint_every")
+_EXECUTION_ONLY = ("device", "compile", "checkpoint_every", "grad_checkpointing", "log_every")
 
 
 def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
@@ -162,14 +169,17 @@ def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
 
 @torch.no_grad()
 def _validate(method: Method, loader: DataLoader, device: torch.device) -> float:
+    """ID top-1 of the method's classifier (built once per pass); one host-device sync at the end."""
     method.eval()
-    correct = total = 0
+    head = method.class_head()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     for batch in loader:
-        logits = method.class_logits(batch["image"].to(device))
-        correct += int((logits.argmax(dim=-1).cpu() == batch["label"]).sum())
+        logits = method.class_logits(batch["image"].to(device, non_blocking=True), head)
+        correct += (logits.argmax(dim=-1) == batch["label"].to(device, non_blocking=True)).sum()
         total += len(batch["label"])
     method.train()
-    return correct / max(1, total)
+    return int(correct) / max(1, total)
 
 
 def train(config: TrainConfig, run_dir: Path) -> Path:
@@ -183,7 +193,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         print(f"{run_dir / BEST} exists: run already finished, nothing to do")
         return run_dir / BEST
     dist_info = init_distributed()
-    device = _resolve_device(config, dist_info)
+    device = _resolve_device(config)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -206,6 +216,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     total_steps = steps_per_epoch * optim.epochs
     method = build_method(config.method, MethodContext(bundle, train_source.classnames, config, descriptors,
                                                       total_steps)).to(device)
+    if config.grad_checkpointing:
+        method.student.set_grad_checkpointing(True)  # open_clip: both towers recompute activations in backward
     if config.compile:
         method.compile_towers()  # compiled lazily, on the first step that calls each tower
     samples = TrainingSamples(train_source, bundle.preprocess_train, config.seed, len(descriptors))
@@ -234,11 +246,14 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
     # The fused CUDA kernel does the whole AdamW update in one launch; CPU keeps the foreach default.
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
+    parameters = method.trainable_parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total_steps))
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    dtype = autocast_dtype(config.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    # fp16 needs loss scaling (its range underflows small gradients); a disabled scaler is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
@@ -255,6 +270,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             method.load_teacher_state(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, best_val = state["step"], state["best_val"]
         _set_rng_states(state["rng"])
         print(f"resuming {run_dir} from step {step}/{total_steps}")
@@ -269,8 +286,32 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             return
         payload = _weights_payload(method, config, step)
         payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
-                       teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"])
+                       teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"],
+                       scaler=scaler.state_dict())
         atomic_torch_save(run_dir / LAST, payload)
+
+    # Loss terms are summed on the device and read (one host-device sync) only when a row is
+    # written: every `log_every` steps and at each checkpoint, so a resumed run's rows are the
+    # uninterrupted run's.
+    window: dict[str, torch.Tensor] = {}
+    window_steps = window_samples = 0
+    window_started = time.perf_counter()
+
+    def write_row(epoch: int, lr: float, lam: float) -> None:
+        nonlocal window, window_steps, window_samples, window_started
+        if not window_steps:
+            return
+        names = list(window)
+        means = dict(zip(names, (torch.stack([window[name] for name in names]) / window_steps).tolist()))
+        record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "steps": window_steps,
+                  "loss": sum(means.values()), **{f"loss_{name}": value for name, value in means.items()},
+                  "samples_per_s": dist_info.world_size * window_samples / (time.perf_counter() - window_started)}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
+        window, window_steps, window_samples, window_started = {}, 0, 0, time.perf_counter()
+
+    training_step = TrainingStep(method, dist_info, device)  # DDP over the ranks (after resume: rank 0's weights)
 
     # --- the loop ----------------------------------------------------------------------------
     method.train()
@@ -285,40 +326,39 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                                 pin_memory=device.type == "cuda")
             micro_batches = iter(loader)
             for _ in range(step_in_epoch, steps_per_epoch):
-                started = time.perf_counter()
                 lam = (lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
                        if method.uses_lambda else 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:
                     break
-                totals: dict[str, float] = {}
-                for batch in group:
+                for index, batch in enumerate(group):
                     batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-                    with autocast():
-                        terms = method.training_step(batch, lam)
-                    loss = sum(terms.values()) / len(group)
-                    loss.backward()
+                    # DDP all-reduces the gradients in the last micro-batch's backward only.
+                    with training_step.no_sync() if index < len(group) - 1 else nullcontext():
+                        with autocast():
+                            terms = training_step(batch, lam)
+                        scaler.scale(sum(terms.values()) / len(group)).backward()
                     for name, value in terms.items():
-                        totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(group)
-                average_gradients(method.trainable_parameters())
+                        addend = value.detach().float() / len(group)
+                        window[name] = window[name] + addend if name in window else addend
                 if optim.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
-                optimizer.step()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 step += 1
                 method.after_optimizer_step(step)
-                seconds = time.perf_counter() - started
-                record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "loss": sum(totals.values()),
-                          **{f"loss_{name}": value for name, value in totals.items()},
-                          "samples_per_s": dist_info.world_size * sum(len(b["label"]) for b in group) / seconds}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                window_steps += 1
+                window_samples += sum(len(b["label"]) for b in group)
                 progress.update()
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
+                checkpoint = step % config.checkpoint_every == 0 or step % steps_per_epoch == 0
+                if step % config.log_every == 0 or checkpoint:
+                    write_row(epoch, lr, lam)
                 # The epoch's last step is checkpointed after validation, so a resume never skips it.
-                if step % config.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                if checkpoint and step % steps_per_epoch != 0:
                     save_last()
             if val_loader is not None:
                 top1 = _validate(method, val_loader, device)
