@@ -19,7 +19,16 @@ import yaml
 from conftest import move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
-from stages.training.distributed import DistInfo, TrainingStep
+from stages.training.distributed import (
+    DistInfo,
+    Launch,
+    LaunchError,
+    TrainingStep,
+    cuda_index,
+    first_host,
+    resolve_launch,
+    slurm_port,
+)
 from stages.training.methods import MethodContext, build_method
 
 DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
@@ -106,3 +115,41 @@ def test_training_cli_under_torchrun(tmp_path: Path) -> None:
     assert logs[1][0]["loss"] == pytest.approx(logs[0][0]["loss"], rel=1e-5)
     assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
     assert (tmp_path / "ddp" / "best.pt").is_file()
+
+
+SRUN_2 = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+          "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_STEP_NODELIST": "gpu[07-08]",
+          "SLURM_JOB_NODELIST": "gpu[07-08]"}
+
+
+def test_launch_from_torchrun_slurm_or_nothing() -> None:
+    assert resolve_launch({}) == Launch(DistInfo(), "single")
+    # A batch script of an sbatch --ntasks=4 job is one process (srun sets the step's task count).
+    assert resolve_launch({"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}).launcher == "single"
+    torchrun = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29500",
+                "GROUP_WORLD_SIZE": "2"}
+    assert resolve_launch(torchrun) == Launch(DistInfo(3, 4, 1), "torchrun", "node1", 29500)
+    # One torchrun per node under srun, joined by a shared rendezvous: 2 srun tasks = 2 agents.
+    assert resolve_launch({**SRUN_2, **torchrun}).info == DistInfo(3, 4, 1)
+    slurm = resolve_launch(SRUN_2)
+    assert slurm == Launch(DistInfo(1, 2, 1), "slurm", "gpu07", slurm_port("4242", "0"))
+    assert resolve_launch({**SRUN_2, "MASTER_ADDR": "login", "MASTER_PORT": "1234"}).master_port == 1234
+    assert slurm_port("4242", "0") != slurm_port("4242", "1") != slurm_port("4243", "1")
+    assert all(12000 <= slurm_port(str(job), "0") < 32000 for job in (0, 1, 10**9))
+    assert first_host("gpu[07-08,11],cpu1") == "gpu07" and first_host("a-1,b") == "a-1"
+    assert first_host("n[3,5]-ib") == "n3-ib" and first_host("vm") == "vm"
+    assert cuda_index(3, 8) == 3 and cuda_index(3, 1) == 0
+
+
+@pytest.mark.parametrize("env,message", [
+    # srun -n2 torchrun --standalone --nproc_per_node 2: two unrelated 2-rank groups.
+    ({**SRUN_2, "WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "1",
+      "GROUP_WORLD_SIZE": "1"}, "2 srun tasks each started their own group of 2 rank"),
+    ({**SRUN_2, "WORLD_SIZE": "1"}, "would train 2 copies into the same run directory"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "4 processes started by mpirun"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "MASTER_ADDR, MASTER_PORT not set"),
+    ({**SRUN_2, "SLURM_PROCID": ""}, "SLURM_PROCID is not set"),
+], ids=["standalone-torchrun-per-task", "world-1-per-task", "mpirun", "no-master", "no-procid"])
+def test_several_processes_that_are_not_one_group_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(LaunchError, match=message):
+        resolve_launch(env)
