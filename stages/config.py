@@ -305,7 +305,9 @@ class DescriptorsSettings(Strict):
 class RuleResources(Strict):
     """Resources one rule's jobs declare (snakemake ``resources:``); ``mem_mb`` doubles per retry."""
 
-    gpu: int = Field(0, ge=0)
+    gpu: int = Field(0, ge=0, description="GPUs (per node when nodes > 1)")
+    nodes: int = Field(1, ge=1, description="train only: nodes of one run (> 1: srun starts one DDP rank per GPU "
+                       "on each node)")
     mem_mb: int = Field(4000, ge=1)
     runtime: int = Field(60, ge=1, description="minutes")
     threads: int = Field(1, ge=1)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from conftest import move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
+from stages.models.text import trim_tokens
 from stages.training.loop import LAST, train
 from stages.training.methods import Method, MethodContext, build_method
 
@@ -98,3 +101,38 @@ def test_rows_every_log_every_steps_average_since_the_last_row(tmp_path: Path) -
         assert row["loss_clip"] == pytest.approx(sum(r["loss_clip"] for r in steps) / len(steps), rel=1e-6)
         assert row["lr"] == steps[-1]["lr"] and row["epoch"] == steps[-1]["epoch"]
         first = row["step"]
+
+
+# Tensor operations that make the host wait for the device (their result is a Python value or
+# has a data-dependent shape): on a GPU each one drains the queue.
+SYNCING = {"__int__", "__float__", "__bool__", "__index__", "item", "tolist", "nonzero", "masked_select", "unique",
+           "numpy"}
+
+
+class _SyncCounter(TorchFunctionMode):
+    """Records every syncing tensor operation (plus boolean-mask indexing) run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", str(func))
+        boolean_index = name == "__getitem__" and any(
+            isinstance(arg, torch.Tensor) and arg.dtype == torch.bool for arg in args[1:])
+        if name in SYNCING or boolean_index:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["starft", "flyp", "carot", "ft", "carft", "lipsumft"])
+def test_a_training_step_never_reads_the_device(name: str) -> None:
+    """No method's step reads a device value back (the loop reads the summed terms once per log row)."""
+    method, batch = _method_and_batch(name)
+    with _SyncCounter() as probe:  # the counter sees a sync: trimming a batch to its own longest caption
+        trim_tokens(method.caption_tokens)
+    assert {"nonzero", "__int__"} <= set(probe.calls)
+    with _SyncCounter() as counter:
+        terms = method.training_step(batch, lam=0.8)
+        sum(terms.values()).backward()
+    assert counter.calls == []
