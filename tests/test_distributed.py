@@ -29,6 +29,7 @@ from stages.training.distributed import (
     resolve_launch,
     slurm_port,
 )
+from stages.training.loop import EpochSampler
 from stages.training.methods import MethodContext, build_method
 
 DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
@@ -153,3 +154,12 @@ def test_launch_from_torchrun_slurm_or_nothing() -> None:
 def test_several_processes_that_are_not_one_group_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(LaunchError, match=message):
         resolve_launch(env)
+
+
+def test_epoch_shards_are_equal_on_every_rank() -> None:
+    """9 samples over 2 ranks: 4 keys each (the permutation's first 8), so every gather has equal shards."""
+    single = list(EpochSampler(9, seed=1, epoch=0))
+    shards = [list(EpochSampler(9, seed=1, epoch=0, rank=rank, world_size=2)) for rank in range(2)]
+    assert [len(shard) for shard in shards] == [4, 4]
+    assert [key for pair in zip(*shards) for key in pair] == single[:8]
+    assert list(EpochSampler(9, seed=1, epoch=0, start=4, rank=1, world_size=2)) == shards[1][2:]

@@ -69,20 +69,23 @@ class EpochSampler(Sampler):
     """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys.
 
     With W ranks, rank r takes every W-th key from r on, so the r-th shards of the k-th
-    micro-batches of all ranks together are exactly the k-th global batch.
+    micro-batches of all ranks together are exactly the k-th global batch. The permutation's last
+    ``size % W`` keys are dropped so that every rank gets as many (the feature gather needs equal
+    shards, and a rank running out early would leave the others waiting in a collective).
     """
 
     def __init__(self, size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
         self.rank, self.world_size = rank, world_size
+        self.end = size - size % world_size
 
     def __len__(self) -> int:
-        return len(range(self.start + self.rank, self.size, self.world_size))
+        return len(range(self.start + self.rank, self.end, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # 2**32 - 1 is a key no sample index uses.
         generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))
-        order = torch.randperm(self.size, generator=generator)[self.start + self.rank::self.world_size]
+        order = torch.randperm(self.size, generator=generator)[:self.end][self.start + self.rank::self.world_size]
         return ((self.epoch, int(index)) for index in order)
 
 
@@ -210,7 +213,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         raise ValueError(f"optim.batch_size {optim.batch_size} must be divisible by accum_steps x world size "
                          f"({optim.accum_steps} x {dist_info.world_size})")
     micro_batch = optim.batch_size // (optim.accum_steps * dist_info.world_size)
-    steps_per_epoch = math.ceil(len(train_source) / optim.batch_size)
+    # Every rank gets an equal shard of each global batch (EpochSampler drops the last size % W samples).
+    steps_per_epoch = math.ceil((len(train_source) - len(train_source) % dist_info.world_size) / optim.batch_size)
     if optim.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, optim.max_steps_per_epoch)
     total_steps = steps_per_epoch * optim.epochs
