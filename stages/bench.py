@@ -18,9 +18,11 @@ Output ``results/bench/<arch>.json`` (keys: ``arch``, ``device``, ``device_name`
 ``process_peak_memory_mb``, ``ratios``, ``targets``) and a markdown summary beside it. Per
 method: ``step_time_s`` (median), ``step_times_s``, ``samples_per_s``, ``flops_per_step``,
 ``tflops_per_s``, ``mfu`` (CUDA with a known peak only), ``state_memory_mb`` (its own weights,
-buffers, teacher, caches and optimiser state) and ``peak_memory_mb`` (CUDA: state plus the
+buffers, teacher, caches and optimiser state), ``peak_memory_mb`` (CUDA: state plus the
 step's peak allocation above what was allocated before it, i.e. the peak if it ran alone;
-None on CPU, where only the process-wide RSS high-water ``process_peak_memory_mb`` exists).
+None on CPU, where only the process-wide RSS high-water ``process_peak_memory_mb`` exists) and
+``peak_memory_checkpointed_mb`` (the same for one more step with the student's gradient
+checkpointing on, the training option ``grad_checkpointing``; None on CPU).
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on each method's first
 (eager, untimed warm-up) step: the matmuls, convolutions and attention actually executed, forward and backward (for
@@ -115,6 +117,7 @@ class Candidate:
     optimizer: torch.optim.Optimizer
     step_times: list[float] = field(default_factory=list)
     step_peak_bytes: int = 0
+    checkpointed_peak_bytes: int = 0
     flops_per_step: int = 0
 
 
@@ -163,6 +166,15 @@ def training_step(candidate: Candidate, batch: dict[str, Tensor], lam: float, au
     sum(terms.values()).backward()
     candidate.optimizer.step()
     candidate.optimizer.zero_grad(set_to_none=True)
+
+
+def step_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+    """CUDA bytes a step allocates at its peak above what was allocated before it."""
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def _synchronize(device: torch.device) -> None:
@@ -315,6 +327,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] round {round_index + 1}/{args.warmup + args.steps}"
               f"{' (warm-up)' if round_index < args.warmup else ''}", file=sys.stderr)
 
+    if device.type == "cuda":  # one more step each with gradient checkpointing: the memory it saves
+        batch = next_batch()
+        for candidate in candidates:
+            candidate.method.student.set_grad_checkpointing(True)
+            candidate.checkpointed_peak_bytes = step_peak_bytes(
+                functools.partial(training_step, candidate, batch, args.lam, autocast), device)
+            candidate.method.student.set_grad_checkpointing(False)
+
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak, peak_source = peak_flops(device_name, args.peak_tflops)
     methods: dict[str, dict[str, Any]] = {}
@@ -331,6 +351,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "mfu": achieved / peak if peak else None,
             "state_memory_mb": state / 2**20,
             "peak_memory_mb": (state + candidate.step_peak_bytes) / 2**20 if device.type == "cuda" else None,
+            "peak_memory_checkpointed_mb": ((state + candidate.checkpointed_peak_bytes) / 2**20
+                                            if device.type == "cuda" else None),
         }
     eval_result = measure_eval(candidates[0].method.student, args.batch_size, image_size, args.steps, args.warmup,
                                autocast, device, generator)
@@ -373,14 +395,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"# Benchmark: {result['arch']}, batch {result['batch_size']}, {result['device_name']} "
         f"({result['precision']}{', compiled' if result['compile'] else ''})",
         "",
-        "| method | step (ms) | samples/s | GFLOP/step | TFLOP/s | MFU | state (MB) | peak (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | step (ms) | samples/s | GFLOP/step | TFLOP/s | MFU | state (MB) | peak (MB) "
+        "| peak, grad checkpointing (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in result["methods"].items():
         lines.append(
             f"| {name} | {m['step_time_s'] * 1e3:.1f} | {m['samples_per_s']:.1f} | {m['flops_per_step'] / 1e9:.1f} "
             f"| {m['tflops_per_s']:.3f} | {_fmt(m['mfu'], '.1f', 100, '%')} | {m['state_memory_mb']:.0f} "
-            f"| {_fmt(m['peak_memory_mb'], '.0f')} |"
+            f"| {_fmt(m['peak_memory_mb'], '.0f')} | {_fmt(m['peak_memory_checkpointed_mb'], '.0f')} |"
         )
     ratios, targets = result["ratios"], result["targets"]
     lines += [
@@ -394,6 +417,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{_fmt(result['peak_flops'], '.0f', 1e-12, ' TFLOP/s')} ({result['peak_source']})",
         f"- process peak memory: {result['process_peak_memory_mb']:.0f} MB "
         f"({'CUDA max allocated' if cuda else 'RSS high-water'})",
+        "- per-method peak memory, without and with the student's gradient checkpointing: "
+        + ("one step each, CUDA allocator peak plus the method's state" if cuda else "not measured (CPU; CUDA only)"),
         f"- median of {result['steps']} steps after {result['warmup']} warm-up, methods interleaved; "
         f"{result['classes']} classes x {result['descriptors']} descriptors, λ = {result['lam']}, "
         f"torch {result['torch']}, {result['threads']} threads",

@@ -132,7 +132,10 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     options: MethodOptions = MethodOptions()
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16: fp16 autocast with a gradient scaler "
+        "(GPUs without bf16: V100, T4)"
+    )
     device: str = "auto"
     select: Literal["last", "val"] = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between resumable checkpoints")
@@ -140,6 +143,10 @@ class TrainConfig(Strict):
                           "compilation, then faster steps on GPU)")
     tracking: list[Tracker] = Field(["tensorboard"], description="live trackers: tensorboard (<run dir>/tb/), "
                                     "wandb (pip install wandb; WANDB_MODE=offline works without an account)")
+    grad_checkpointing: bool = Field(False, description="recompute the student's tower activations in the backward "
+                                     "(same loss and gradients, far less memory: big contrastive batches on small GPUs)")
+    log_every: int = Field(10, ge=1, description="optimiser steps per train_log.jsonl row (loss terms averaged over "
+                           "them; read from the device only then)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -172,7 +179,8 @@ class TrainConfig(Strict):
 # Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
 # finished run written under other values of these is the same run: it is resumed, and the
 # workflow never reruns a job because one of them changed (DESIGN.md, "Reruns").
-EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "data.workers", "data.data_root")
+EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "grad_checkpointing", "log_every",
+                    "data.workers", "data.data_root")
 
 
 def without_execution(config: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +369,9 @@ class DescriptorsSettings(Strict):
 class RuleResources(Strict):
     """Resources one rule's jobs declare (snakemake ``resources:``); ``mem_mb`` doubles per retry."""
 
-    gpu: int = Field(0, ge=0)
+    gpu: int = Field(0, ge=0, description="GPUs (per node when nodes > 1)")
+    nodes: int = Field(1, ge=1, description="train only: nodes of one run (> 1: srun starts one DDP rank per GPU "
+                       "on each node)")
     mem_mb: int = Field(4000, ge=1)
     runtime: int = Field(60, ge=1, description="minutes")
     threads: int = Field(1, ge=1)
@@ -398,7 +408,7 @@ class WorkflowConfig(Strict):
     banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
     train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
     options: MethodOptions = MethodOptions()
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     workers: int = Field(4, ge=0, description="data-loader workers of training and evaluation")
     checkpoint_every: int = Field(500, ge=1)
@@ -406,6 +416,8 @@ class WorkflowConfig(Strict):
                           "after minutes of compilation)")
     tracking: list[Tracker] = Field(["tensorboard"], description="live trackers of every training run "
                                     "(tensorboard, wandb)")
+    grad_checkpointing: bool = Field(False, description="gradient checkpointing in every training run's student "
+                                     "(same results, less GPU memory, ~30% more compute)")
     eval_batch_size: int = Field(256, ge=1)
     eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "
                                           "evaluation jobs (~150 kB per image at 224 px; same results, no re-decoding)")
@@ -503,6 +515,7 @@ class WorkflowConfig(Strict):
             optim=spec.optim, options=self.options, precision=self.precision, device=self.device,
             select=spec.select, checkpoint_every=self.checkpoint_every, compile=self.compile,
             tracking=self.tracking,
+            grad_checkpointing=self.grad_checkpointing,
         )
 
 

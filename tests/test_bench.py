@@ -21,7 +21,7 @@ DESCRIPTORS = ["{} in the snow.", "{} surrounded by fall and autumn leaves.", "b
 CLASSNAMES = ["tench", "great white shark", "golden retriever", "space shuttle", "ice cream"]
 REPO = Path(__file__).resolve().parents[1]
 METHOD_KEYS = {"step_time_s", "step_times_s", "samples_per_s", "flops_per_step", "tflops_per_s", "mfu",
-               "state_memory_mb", "peak_memory_mb"}
+               "state_memory_mb", "peak_memory_mb", "peak_memory_checkpointed_mb"}
 
 
 def test_bench_cli_writes_json_and_summary(tmp_path: Path) -> None:
@@ -34,6 +34,7 @@ def test_bench_cli_writes_json_and_summary(tmp_path: Path) -> None:
         assert set(record) == METHOD_KEYS
         assert len(record["step_times_s"]) == 2 and record["samples_per_s"] > 0 and record["flops_per_step"] > 0
         assert record["mfu"] is None and record["peak_memory_mb"] is None  # CPU
+        assert record["peak_memory_checkpointed_mb"] is None
     methods = result["methods"]
     # Executed FLOPs follow the design: the reference runs 77-token texts and a teacher text forward.
     assert methods["ft"]["flops_per_step"] < methods["flyp"]["flops_per_step"] < methods["starft"]["flops_per_step"]
@@ -44,6 +45,7 @@ def test_bench_cli_writes_json_and_summary(tmp_path: Path) -> None:
     assert result["precision"] == "fp32" and result["descriptors"] == 58
     summary = out.with_suffix(".md").read_text()
     assert "starft / flyp" in summary and "| starft-reference |" in summary
+    assert "grad checkpointing" in summary and "not measured (CPU; CUDA only)" in summary
 
 
 def test_reference_step_equals_optimised_starft_step() -> None:

@@ -14,6 +14,7 @@ tries ``apt-get install`` itself when they are missing). Elsewhere it skips, say
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("slurm-wlm", "munge")
@@ -329,3 +332,71 @@ def test_workflow_runs_through_slurm(slurm: Slurm, tmp_path: Path) -> None:
     assert {row.split("|")[1].strip() for row in rows} == {"Zeroshot", "FLYP"}, table.read_text()
     assert all(re.search(r"\d+\.\d\d", row) for row in rows), table.read_text()
     print(f"workflow through SLURM: {len(submitted)} sbatch jobs, {seconds:.1f} s")
+
+
+LR = 1e-5
+
+
+def _srun_train_config(tmp_path: Path) -> Path:
+    """A tiny StarFT run (2 steps of a global batch of 8, Star term on) as a training config file."""
+    config = tiny_config("starft", spurious__decay="step", optim__epochs=1, optim__lr=LR, checkpoint_every=100,
+                         log_every=1).model_dump(mode="json")
+    config["spurious"]["bank"] = str(REPO / "descriptor_banks" / "official-code.json")
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_two_task_srun_trains_like_one_process(slurm: Slurm, tmp_path: Path) -> None:
+    """`srun -n2 python -m stages.training` is one DDP job (ranks, master and port from SLURM's
+    environment, gloo on CPU) whose weights equal the one-process run's; two srun tasks that each
+    start their own torch group are refused before writing anything."""
+    import torch
+
+    config = _srun_train_config(tmp_path)
+    train = [sys.executable, "-m", "stages.training", "--config", str(config), "--out"]
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run([*train, str(tmp_path / "single")], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert single.returncode == 0, single.stdout[-3000:]
+    srun = ["srun", "-p", slurm.partition, "-n2", "--mem=2000", "-t", "10", "--kill-on-bad-exit=1"]
+    started = time.monotonic()
+    done = subprocess.run([*srun, *train, str(tmp_path / "srun")], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{slurm.logs()}"
+    run = json.loads((tmp_path / "srun" / "run.json").read_text())
+    assert run["world_size"] == 2
+    states = {name: torch.load(tmp_path / name / "ckpt" / "last.pt", weights_only=False) for name in ("single", "srun")}
+    logs = [[json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in ("single", "srun")]
+    assert [row["step"] for row in logs[1]] == [row["step"] for row in logs[0]] == [1, 2]
+    # Step 1 runs on identical weights over the same global batch; step 2 after the same update.
+    assert logs[1][0]["loss_clip"] == pytest.approx(logs[0][0]["loss_clip"], rel=1e-6)
+    assert logs[1][1]["loss_clip"] == pytest.approx(logs[0][1]["loss_clip"], rel=1e-5)
+    # The gradients, through AdamW's moments (a rank that missed the global batch or DDP's average
+    # would be off by tens of percent). fp32 rounding is ~1e-6 of the largest entry after step 1;
+    # by step 2 AdamW has turned the rounding noise of zero-gradient entries (attention key biases)
+    # into ±lr weight differences, which move the second gradient by ~1e-3 of its largest entry.
+    worst = 0.0
+    for index, single_moments in states["single"]["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            want, got = single_moments[key], states["srun"]["optimizer"]["state"][index][key]
+            worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp_min(1e-30)))
+    assert worst < 1e-2
+    # AdamW moves an entry by at most ~lr per step: two runs differ by at most 2 x steps x lr.
+    difference = max(float((states["srun"]["state_dict"][key] - value).abs().max())
+                     for key, value in states["single"]["state_dict"].items())
+    assert difference <= 2 * 2 * LR
+    print(f"srun -n2 training: {seconds:.1f} s; AdamW moments within {worst:.1e} of the largest entry, "
+          f"weights within {difference:.1e} (lr {LR:g}) of the one-process run")
+
+    # Two tasks that each run torchrun --standalone would be two unrelated groups training the same run.
+    copies = subprocess.run([*srun, sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "1", "-m", "stages.training", "--config", str(config),
+                             "--out", str(tmp_path / "copies")], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert copies.returncode != 0
+    assert "2 srun tasks each started their own group of 1 rank" in copies.stdout, copies.stdout[-3000:]
+    assert not (tmp_path / "copies" / "run.json").exists()

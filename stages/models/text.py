@@ -31,11 +31,16 @@ def _supports_trimming(model: nn.Module) -> bool:
     )
 
 
-def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """``model.encode_text(tokens)`` computed on the trimmed context; falls back to it where trimming is not exact."""
+def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, normalize: bool = False,
+                        length: int | None = None) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed on the trimmed context; falls back to it where trimming is not exact.
+
+    `length`: keep this many tokens (any bound on every row's EOT position is exact) instead of
+    the batch's longest, which needs the tokens read back from the device (a host-device sync).
+    """
     if not _supports_trimming(model):
         return model.encode_text(tokens, normalize=normalize)
-    tokens = trim_tokens(tokens)
+    tokens = trim_tokens(tokens) if length is None else tokens[:, :length]
     length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)

@@ -19,6 +19,7 @@ from stages.config import ConfigError, TrainConfig, load_train_config
 from stages.data.source import DatasetError
 from stages.descriptors.bank import BankError
 from stages.models.factory import ModelLoadError
+from stages.training.distributed import LaunchError
 from stages.training.loop import train
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_dir = args.out or config.run_dir(args.results)
         best = train(config, run_dir)
-    except (ConfigError, DatasetError, BankError, ModelLoadError) as error:
+    except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(best)

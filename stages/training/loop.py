@@ -33,7 +33,7 @@ from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from stages.models.factory import create_clip
 from stages.provenance import code_version, now, provenance
 from stages.training.checkpoint import BEST, LAST
-from stages.training.distributed import DistInfo, average_gradients, init_distributed
+from stages.training.distributed import TrainingStep, init_distributed
 from stages.training.methods import Method, MethodContext, build_method
 from stages.training.tracking import Tracker
 
@@ -69,20 +69,23 @@ class EpochSampler(Sampler):
     """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys.
 
     With W ranks, rank r takes every W-th key from r on, so the r-th shards of the k-th
-    micro-batches of all ranks together are exactly the k-th global batch.
+    micro-batches of all ranks together are exactly the k-th global batch. The permutation's last
+    ``size % W`` keys are dropped so that every rank gets as many (the feature gather needs equal
+    shards, and a rank running out early would leave the others waiting in a collective).
     """
 
     def __init__(self, size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
         self.rank, self.world_size = rank, world_size
+        self.end = size - size % world_size
 
     def __len__(self) -> int:
-        return len(range(self.start + self.rank, self.size, self.world_size))
+        return len(range(self.start + self.rank, self.end, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # 2**32 - 1 is a key no sample index uses.
         generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))
-        order = torch.randperm(self.size, generator=generator)[self.start + self.rank::self.world_size]
+        order = torch.randperm(self.size, generator=generator)[:self.end][self.start + self.rank::self.world_size]
         return ((self.epoch, int(index)) for index in order)
 
 
@@ -107,10 +110,17 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
-def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu")
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":  # init_distributed made this rank's GPU the current one
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(config.device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: fp32): auto is bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -146,14 +156,17 @@ def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
 
 @torch.no_grad()
 def _validate(method: Method, loader: DataLoader, device: torch.device) -> float:
+    """ID top-1 of the method's classifier (built once per pass); one host-device sync at the end."""
     method.eval()
-    correct = total = 0
+    head = method.class_head()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     for batch in loader:
-        logits = method.class_logits(batch["image"].to(device))
-        correct += int((logits.argmax(dim=-1).cpu() == batch["label"]).sum())
+        logits = method.class_logits(batch["image"].to(device, non_blocking=True), head)
+        correct += (logits.argmax(dim=-1) == batch["label"].to(device, non_blocking=True)).sum()
         total += len(batch["label"])
     method.train()
-    return correct / max(1, total)
+    return int(correct) / max(1, total)
 
 
 def train(config: TrainConfig, run_dir: Path) -> Path:
@@ -167,7 +180,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         print(f"{run_dir / BEST} exists: run already finished, nothing to do")
         return run_dir / BEST
     dist_info = init_distributed()
-    device = _resolve_device(config, dist_info)
+    device = _resolve_device(config)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
@@ -185,12 +198,15 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         raise ValueError(f"optim.batch_size {optim.batch_size} must be divisible by accum_steps x world size "
                          f"({optim.accum_steps} x {dist_info.world_size})")
     micro_batch = optim.batch_size // (optim.accum_steps * dist_info.world_size)
-    steps_per_epoch = math.ceil(len(train_source) / optim.batch_size)
+    # Every rank gets an equal shard of each global batch (EpochSampler drops the last size % W samples).
+    steps_per_epoch = math.ceil((len(train_source) - len(train_source) % dist_info.world_size) / optim.batch_size)
     if optim.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, optim.max_steps_per_epoch)
     total_steps = steps_per_epoch * optim.epochs
     method = build_method(config.method, MethodContext(bundle, train_source.classnames, config, descriptors,
                                                       total_steps)).to(device)
+    if config.grad_checkpointing:
+        method.student.set_grad_checkpointing(True)  # open_clip: both towers recompute activations in backward
     if config.compile:
         method.compile_towers()  # compiled lazily, on the first step that calls each tower
     samples = TrainingSamples(train_source, bundle.preprocess_train, config.seed, len(descriptors))
@@ -220,11 +236,14 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
     # The fused CUDA kernel does the whole AdamW update in one launch; CPU keeps the foreach default.
-    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
+    parameters = method.trainable_parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total_steps))
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    dtype = autocast_dtype(config.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else nullcontext
+    # fp16 needs loss scaling (its range underflows small gradients); a disabled scaler is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
@@ -241,6 +260,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             method.load_teacher_state(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, best_val = state["step"], state["best_val"]
         _set_rng_states(state["rng"])
         print(f"resuming {run_dir} from step {step}/{total_steps}")
@@ -255,8 +276,37 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             return
         payload = _weights_payload(method, config, step)
         payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
-                       teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"])
+                       teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"],
+                       scaler=scaler.state_dict())
         atomic_torch_save(run_dir / LAST, payload)
+
+    # Loss terms are summed on the device and read (one host-device sync) only when a row is
+    # written: every `log_every` steps and at each checkpoint, so a resumed run's rows are the
+    # uninterrupted run's.
+    window: dict[str, torch.Tensor] = {}
+    window_grad_norm = torch.zeros((), device=device)
+    window_steps = window_samples = 0
+    window_started = time.perf_counter()
+
+    def write_row(epoch: int, lr: float, lam: float) -> None:
+        nonlocal window, window_grad_norm, window_steps, window_samples, window_started
+        if not window_steps:
+            return
+        names = list(window)
+        values = (torch.stack([window[name] for name in names] + [window_grad_norm]) / window_steps).tolist()
+        means, grad_norm = dict(zip(names, values)), values[-1]
+        record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "steps": window_steps,
+                  "loss": sum(means.values()), **{f"loss_{name}": value for name, value in means.items()},
+                  "samples_per_s": dist_info.world_size * window_samples / (time.perf_counter() - window_started),
+                  "grad_norm": grad_norm}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        tracker.log(record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
+        window, window_steps, window_samples, window_started = {}, 0, 0, time.perf_counter()
+        window_grad_norm = torch.zeros((), device=device)
+
+    training_step = TrainingStep(method, dist_info, device)  # DDP over the ranks (after resume: rank 0's weights)
 
     # --- the loop ----------------------------------------------------------------------------
     method.train()
@@ -272,43 +322,40 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                                 pin_memory=device.type == "cuda")
             micro_batches = iter(loader)
             for _ in range(step_in_epoch, steps_per_epoch):
-                started = time.perf_counter()
                 lam = (lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
                        if method.uses_lambda else 0.0)
                 optimizer.zero_grad(set_to_none=True)
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:
                     break
-                totals: dict[str, float] = {}
-                for batch in group:
+                for index, batch in enumerate(group):
                     batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-                    with autocast():
-                        terms = method.training_step(batch, lam)
-                    loss = sum(terms.values()) / len(group)
-                    loss.backward()
+                    # DDP all-reduces the gradients in the last micro-batch's backward only.
+                    with training_step.no_sync() if index < len(group) - 1 else nullcontext():
+                        with autocast():
+                            terms = training_step(batch, lam)
+                        scaler.scale(sum(terms.values()) / len(group)).backward()
                     for name, value in terms.items():
-                        totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(group)
-                average_gradients(method.trainable_parameters())
-                grad_norm = (torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.grad_clip)
-                             if optim.grad_clip is not None else torch.nn.utils.get_total_norm(
-                                 [p.grad for p in method.trainable_parameters() if p.grad is not None]))
-                optimizer.step()
+                        addend = value.detach().float() / len(group)
+                        window[name] = window[name] + addend if name in window else addend
+                scaler.unscale_(optimizer)  # the true gradients (a no-op without fp16's scaler)
+                grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, optim.grad_clip) if optim.grad_clip is not None
+                             else torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
+                window_grad_norm = window_grad_norm + grad_norm.detach().float()  # on the device: no sync
+                scaler.step(optimizer)
+                scaler.update()
                 lr = scheduler.get_last_lr()[0]
                 scheduler.step()
                 step += 1
                 method.after_optimizer_step(step)
-                seconds = time.perf_counter() - started
-                record = {"step": step, "epoch": epoch, "lr": lr, "lam": lam, "loss": sum(totals.values()),
-                          **{f"loss_{name}": value for name, value in totals.items()},
-                          "samples_per_s": dist_info.world_size * sum(len(b["label"]) for b in group) / seconds,
-                          "grad_norm": float(grad_norm)}
-                log.write(json.dumps(record) + "\n")
-                tracker.log(record)
-                log.flush()
+                window_steps += 1
+                window_samples += sum(len(b["label"]) for b in group)
                 progress.update()
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lam=f"{lam:.3g}")
+                checkpoint = step % config.checkpoint_every == 0 or step % steps_per_epoch == 0
+                if step % config.log_every == 0 or checkpoint:
+                    write_row(epoch, lr, lam)
                 # The epoch's last step is checkpointed after validation, so a resume never skips it.
-                if step % config.checkpoint_every == 0 and step % steps_per_epoch != 0:
+                if checkpoint and step % steps_per_epoch != 0:
                     save_last()
             if val_loader is not None:
                 top1 = _validate(method, val_loader, device)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from stages.config import TrainConfig
 from stages.models.factory import ClipBundle
 from stages.models.teacher import frozen_copy
-from stages.models.text import encode_text_trimmed
+from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.models.zeroshot import build_zeroshot_weights
 from stages.training.distributed import gather_batch
 from stages.training.losses import (
@@ -107,6 +107,9 @@ class Method(nn.Module):
         self.config = context.config
         captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
         self.register_buffer("caption_tokens", self.tokenizer(captions).to(_device(self.student)), persistent=False)
+        # The longest caption's length, read once: trimming each batch to its own longest would
+        # read the tokens back from the device (a host-device sync) every step.
+        self.caption_length = trim_tokens(self.caption_tokens).shape[1]
 
     def train(self, mode: bool = True) -> Method:
         """Switch the student; a frozen or EMA teacher always stays in eval mode (and its fast inference paths)."""
@@ -132,12 +135,14 @@ class Method(nn.Module):
         return None
 
     @torch.no_grad()
-    def class_logits(self, images: Tensor) -> Tensor:
-        """Logits over the training classes, for ID validation: zero-shot head of the current text tower."""
-        weights = build_zeroshot_weights(
-            self.student, self.tokenizer, self.classnames, [self.config.data.caption_template]
-        )
-        return _unit(self.student.encode_image(images).float()) @ weights.T
+    def class_head(self) -> Tensor:
+        """[classes, d] classifier for ID validation (built once per pass): zero-shot head of the current text tower."""
+        return build_zeroshot_weights(self.student, self.tokenizer, self.classnames, [self.config.data.caption_template])
+
+    @torch.no_grad()
+    def class_logits(self, images: Tensor, head: Tensor) -> Tensor:
+        """Logits over the training classes of `head` (from :meth:`class_head`) on the student's image features."""
+        return _unit(self.student.encode_image(images).float()) @ head.T.float()
 
     def compile_towers(self) -> None:
         """``torch.compile`` the image and text towers of the student and of the teacher, in place.
@@ -165,7 +170,7 @@ class Method(nn.Module):
     # Shared pieces -----------------------------------------------------------------------
     def _clip_features(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         return (_unit(self.student.encode_image(images)),
-                _unit(encode_text_trimmed(self.student, self.caption_tokens[labels])))
+                _unit(encode_text_trimmed(self.student, self.caption_tokens[labels], length=self.caption_length)))
 
 
 @register_method("zeroshot")
@@ -224,8 +229,8 @@ class _HeadMethod(Method):
         return {"weight": self.head.detach().float().cpu().clone(), "classnames": list(self.classnames)}
 
     @torch.no_grad()
-    def class_logits(self, images: Tensor) -> Tensor:
-        return self._head_logits(_unit(self.student.encode_image(images).float()))
+    def class_head(self) -> Tensor:
+        return self.head.detach()
 
 
 @register_method("ft")
@@ -286,7 +291,8 @@ class LipsumFT(_HeadMethod):
         image_features = _unit(self.student.encode_image(batch["image"]))
         with torch.no_grad():
             teacher_features = _unit(self.teacher.encode_image(batch["image"]))
-            text_features = _unit(encode_text_trimmed(self.teacher, self._random_texts(batch["image"].device)))
+            texts = self._random_texts(batch["image"].device)  # every row ends with EOT: nothing to trim
+            text_features = _unit(encode_text_trimmed(self.teacher, texts, length=texts.shape[1]))
         terms = self._head_terms(image_features, batch)
         terms["lipsum"] = self.config.options.lipsum_weight * self.random_text_loss(
             teacher_features, image_features, text_features, self.zeroshot_scale
@@ -321,7 +327,8 @@ class CaRot(Method):
         student_scale = self.student.logit_scale.exp()
         with torch.no_grad():
             teacher_image = _unit(self.teacher.encode_image(batch["image"]))
-            teacher_text = _unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]]))
+            teacher_text = _unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]],
+                                                     length=self.caption_length))
             teacher_scale = self.teacher.logit_scale.exp()
         cross, orthogonality = self.penalties(
             self._projection(self.student.visual.proj), self._projection(self.student.text_projection)
@@ -382,6 +389,7 @@ class StarFT(Method):
         captions = [descriptor.format(base) for base in base_captions for descriptor in descriptors]
         tokens = self.tokenizer(captions).view(len(base_captions), len(descriptors), -1).to(device)
         self.register_buffer("spurious_tokens", tokens, persistent=False)
+        self.text_length = max(self.caption_length, trim_tokens(tokens.flatten(0, 1)).shape[1])
         self.register_buffer("teacher_text", self._encode_teacher(tokens.flatten(0, 1)).view(
             len(base_captions), len(descriptors), -1), persistent=False)
 
@@ -415,15 +423,17 @@ class StarFT(Method):
         if self.suffix == "random":
             spurious_tokens = self._random_suffix_tokens(labels)
             teacher_text = self._encode_teacher(spurious_tokens)
+            length = None  # fresh captions every step: trimmed to this batch's longest
         else:
             spurious_tokens = self.spurious_tokens[labels, batch["descriptor_index"]]
             teacher_text = self.teacher_text[labels, batch["descriptor_index"]]
+            length = self.text_length
         clean_tokens = self.caption_tokens[labels]
         # One student text forward over clean + spurious captions (trimmed to the longer of both).
         width = max(clean_tokens.shape[1], spurious_tokens.shape[1])
         all_tokens = torch.cat([F.pad(clean_tokens, (0, width - clean_tokens.shape[1])),
                                 F.pad(spurious_tokens, (0, width - spurious_tokens.shape[1]))])
-        text_features = _unit(encode_text_trimmed(self.student, all_tokens))
+        text_features = _unit(encode_text_trimmed(self.student, all_tokens, length=length))
         clean_text, spurious_text = text_features[: len(labels)], text_features[len(labels):]
         image_features = gather_batch(_unit(self.student.encode_image(images)))
         clean_text, spurious_text = gather_batch(clean_text), gather_batch(spurious_text)

@@ -66,8 +66,22 @@ def demo_inputs(wildcards) -> list[str]:
     return [f"{WF.data_root.as_posix()}/fmnist-demo/info.json", WF.demo.weights.as_posix()]
 
 
-def launcher(wildcards, resources) -> str:
-    """python, or torchrun over the job's GPUs (DDP inside one job)."""
+def train_resources() -> dict:
+    """SLURM geometry of a train job: its GPUs, or, over several nodes, one srun task per GPU."""
+    train = WF.resources.train
+    if train.nodes == 1:
+        return {"gpu": train.gpu}
+    # `mpi: srun` makes the jobstep plugin run the command in the batch step, where srun starts the ranks.
+    geometry = {"tasks_per_node": train.gpu} if train.gpu > 1 else {"tasks": train.nodes}
+    return {"nodes": train.nodes, "gres": f"gpu:{train.gpu}", "mpi": "srun", **geometry}
+
+
+def launcher(wildcards, resources, threads) -> str:
+    """python; torchrun over the job's GPUs (DDP inside one node); or srun, one rank per GPU, over nodes."""
+    train = WF.resources.train
+    if train.nodes > 1:  # geometry spelled out: the jobstep plugin strips SLURM_* before the shell runs
+        return (f"srun --nodes {train.nodes} --ntasks-per-node {max(1, train.gpu)} --gres=gpu:{train.gpu}"
+                f" --cpus-per-task {threads} --kill-on-bad-exit=1 python")
     if resources.gpu > 1:
         return f"python -m torch.distributed.run --standalone --nproc_per_node {resources.gpu}"
     return "python"

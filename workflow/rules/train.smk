@@ -36,7 +36,7 @@ rule train:
         f"{RESULTS}/benchmarks/train/{RUN}.tsv"
     threads: WF.resources.train.threads
     resources:
-        gpu=WF.resources.train.gpu,
+        **train_resources(),
         mem_mb=lambda wildcards, attempt: WF.resources.train.mem_mb * attempt,
         runtime=WF.resources.train.runtime,
     retries: WF.resources.retries
