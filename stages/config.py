@@ -81,13 +81,16 @@ class MethodOptions(Strict):
     carot_distill: float = Field(1.5, ge=0)
     carot_cross_norm: float = Field(0.05, ge=0)
     carot_orthogonality: float = Field(0.2, ge=0)
-    carot_ema_every: int = Field(500, ge=1)
+    carot_ema_every: int = Field(500, ge=1, description="CaRot's ema_up_freq N: the EMA teacher is updated after "
+                                 "optimiser steps 1, 1+N, 1+2N, ... (its carot_loss.py)")
     carot_momentum_start: float = Field(0.05, ge=0, le=1)
     carot_momentum_end: float = Field(0.9, ge=0, le=1)
     carot_momentum_warmup: float = Field(0.2, gt=0, le=1, description="fraction of steps over which momentum rises")
     lipsum_weight: float = Field(1.0, ge=0)
     lipsum_texts: int = Field(80, ge=1)
     lipsum_tokens: int = Field(8, ge=1)
+    lipsum_weight_decay: float | None = Field(0.0, ge=0, description="AdamW weight decay of Lipsum-FT runs "
+                                              "(its code's default 0.0); null: the train set's optim.weight_decay")
 
 
 class TrainConfig(Strict):
