@@ -283,7 +283,30 @@ class TradeoffFigureSpec(Strict):
     methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
-FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec, Field(discriminator="kind")]
+class GradcamFigureSpec(Strict):
+    """Grad-CAM of the predicted class (the paper's Figure 3): one row per image, the image then one map per method.
+
+    Each method's run is the first of the table's grid for that method (its first arch, train set,
+    variant, bank, concept and λ) at `seed`; zero-shot is the pretrained model. A map is that of
+    the class the run predicts, through the head its evaluation scores the benchmark with.
+    """
+
+    kind: Literal["gradcam"]
+    title: str
+    table: int = Field(description="the table whose runs the figure draws")
+    benchmark: str = Field(description="the benchmark whose images are drawn (read from data_root)")
+    methods: list[Method] = Field(["zeroshot", "flyp", "starft"], min_length=1,
+                                  description="one column per method, in this order")
+    images: int = Field(4, ge=1, le=64, description="rows: this many images, evenly spaced over the benchmark's "
+                        "images (over each of `groups` in turn when given)")
+    groups: list[str] | None = Field(None, description="draw only images of these groups of a group-shift "
+                                     "benchmark (e.g. its minority groups)")
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="exact image indices "
+                                                              "(instead of `images` and `groups`)")
+    seed: int | None = Field(None, description="seed of the drawn runs (default: the table's first seed)")
+
+
+FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec | GradcamFigureSpec, Field(discriminator="kind")]
 
 
 class DescriptorsSettings(Strict):
@@ -370,14 +393,19 @@ class WorkflowConfig(Strict):
             self._check_figure(f"figures.{name}", figure)
         return self
 
-    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec) -> None:
-        """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep)."""
+    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec | GradcamFigureSpec) -> None:
+        """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep, runs)."""
         if figure.table not in self.tables:
             raise ValueError(f"{key}.table: no table {figure.table}; tables: {sorted(self.tables)}")
         table = self.tables[figure.table]
         unknown = sorted(set(figure.methods or ()) - set(table.methods))
         if unknown:
             raise ValueError(f"{key}.methods: {unknown} are not in tables.{figure.table}.methods {table.methods}")
+        if isinstance(figure, GradcamFigureSpec):
+            seeds = table.seeds or self.seeds
+            if figure.seed is not None and figure.seed not in seeds:
+                raise ValueError(f"{key}.seed: {figure.seed} is not a seed of tables.{figure.table} ({seeds})")
+            return
         if isinstance(figure, GroupFigureSpec):
             benchmarks = {column.benchmark for column in table.columns}
             unknown = sorted(set(figure.benchmarks) - benchmarks)

@@ -1,9 +1,10 @@
-"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--out-dir DIR]``.
+"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--out-dir DIR] [--device D]``.
 
 Builds ``tableN.md`` and ``tableN.csv`` for each N, and ``figure_<NAME>.png`` for each figure of
 the config's ``figures``, from the metrics JSON files the workflow config implies (missing ones
 show as missing cells, or are listed on the figure and here), into DIR (default: the config's
-results).
+results). A ``gradcam`` figure instead reads the runs' ``best.pt`` and the benchmark's images
+under ``data_root`` and runs the models (on ``--device``, default cpu).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from stages.config import ConfigError, validate_workflow_config
+from stages.config import ConfigError, GradcamFigureSpec, validate_workflow_config
+from stages.data.source import DatasetError
+from stages.models.factory import ModelLoadError
 from stages.reports.figures import build_figure, write_figure
 from stages.reports.tables import build_table, write_table
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=int, nargs="+", default=[], help="table numbers, e.g. 2 3")
     parser.add_argument("--figure", nargs="+", default=[], help="figure names (the config's figures), e.g. figure2")
     parser.add_argument("--out-dir", type=Path, help="where the tables and figures go (default: the config's results)")
+    parser.add_argument("--device", default="cpu", help="where gradcam figures run their models (e.g. cuda)")
     args = parser.parse_args(argv)
     if not args.table and not args.figure:
         parser.error("give --table and/or --figure")
@@ -41,12 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.figure:
             if name not in config.figures:
                 raise ConfigError(f"{args.config}: no figure {name!r}; figures: {sorted(config.figures)}")
-            plot = build_figure(config, name)
-            path = write_figure(plot, args.out_dir or config.results)
+            if isinstance(config.figures[name], GradcamFigureSpec):
+                from stages.reports.gradcam import build_gradcam, write_gradcam  # torch + models: only when needed
+
+                plot = build_gradcam(config, name, args.device)
+                path = write_gradcam(plot, args.out_dir or config.results)
+            else:
+                plot = build_figure(config, name)
+                path = write_figure(plot, args.out_dir or config.results)
             print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
             for note in plot.missing:
                 print(f"  missing: {note}")
-    except (ConfigError, OSError) as error:
+    except (ConfigError, OSError, DatasetError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

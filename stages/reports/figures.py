@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stages import plan
-from stages.config import GroupFigureSpec, TableSpec, TradeoffFigureSpec, WorkflowConfig
+from stages.config import ConfigError, GradcamFigureSpec, GroupFigureSpec, TableSpec, TradeoffFigureSpec, WorkflowConfig
 from stages.io import atomic_write_binary
 from stages.reports.tables import Stat, column_values, display, with_averages
 
@@ -170,6 +170,8 @@ def tradeoff_panels(config: WorkflowConfig, spec: TradeoffFigureSpec) -> tuple[l
 def build_figure(config: WorkflowConfig, name: str) -> Plot:
     """Read every metrics file figure `name` needs and aggregate it over seeds."""
     spec = config.figures[name]
+    if isinstance(spec, GradcamFigureSpec):
+        raise ConfigError(f"figures.{name} is a gradcam figure: build it with stages.reports.gradcam.build_gradcam")
     panels, missing = (group_panels(config, spec) if isinstance(spec, GroupFigureSpec)
                        else tradeoff_panels(config, spec))
     return Plot(name, spec.title, spec.kind, panels, missing)

@@ -128,7 +128,7 @@ class Method(nn.Module):
         """Hook run before each optimiser step's micro-batches; `step` = optimiser steps taken so far."""
 
     def after_optimizer_step(self, step: int) -> None:
-        """Hook run after each optimiser step (CaRot's EMA update); `step` = optimiser steps taken, this one included."""
+        """Hook run after each optimiser step (CaRot's EMA); `step` = optimiser steps taken, this one included."""
 
     def optimizer_weight_decay(self) -> float:
         """AdamW's weight decay for this method (the train set's ``optim.weight_decay`` unless it overrides)."""
@@ -354,7 +354,7 @@ class CaRot(Method):
         return weight.weight.T if isinstance(weight, nn.Linear) else weight
 
     def momentum(self, t: int) -> float:
-        """EMA momentum at loop index `t`: linear from start to end over the first `carot_momentum_warmup` of the steps."""
+        """EMA momentum at loop index `t`: linear from start to end over the first `carot_momentum_warmup` of steps."""
         options = self.config.options
         ramp = max(1.0, options.carot_momentum_warmup * self.total_steps)
         progress = min(1.0, t / ramp)
