@@ -14,7 +14,7 @@ from PIL import Image
 from stages.config import ConfigError, validate_workflow_config
 from stages.models import create_clip
 from stages.reports.__main__ import main
-from stages.reports.gradcam import build_gradcam, gradcam_maps, vit_reshape_transform
+from stages.reports.gradcam import build_gradcam, figure_inputs, gradcam_maps, vit_reshape_transform
 from stages.training.loop import train
 
 GRID, PATCH = 4, 8  # TinyCLIP-test: 32 px images, 8 px patches
@@ -104,6 +104,8 @@ def test_gradcam_figure_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the bank path is relative to the repository
     raw = workflow(tmp_path)
     config = validate_workflow_config(raw)
+    trained = [run.run_dir(config.results) / "best.pt" for run in config.table_runs(3) if run.method != "zeroshot"]
+    assert sorted(figure_inputs(config, "gradcam")) == sorted(trained)  # what the workflow rule declares
     for run in config.table_runs(3):
         if run.method != "zeroshot":
             train(run, run.run_dir(config.results))

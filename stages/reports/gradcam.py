@@ -174,6 +174,18 @@ def _method_runs(config: WorkflowConfig, spec: GradcamFigureSpec) -> dict[str, p
     return runs
 
 
+def figure_inputs(config: WorkflowConfig, name: str) -> list[Path]:
+    """Files gradcam figure `name` reads besides the images: the drawn runs' best.pt, local zero-shot weights."""
+    paths = []
+    for cell in _method_runs(config, config.figures[name]).values():
+        run = cell.run
+        if run.method != "zeroshot":
+            paths.append(run.run_dir(config.results) / BEST)
+        elif "/" in run.model.pretrained:  # a weights file (e.g. the demo's), not an open_clip tag
+            paths.append(Path(run.model.pretrained))
+    return paths
+
+
 def _load(config: WorkflowConfig, cell: plan.Cell) -> EvalModel | None:
     """The model evaluation scores for `cell`: pretrained weights for zero-shot, else the run's best.pt."""
     run = cell.run
