@@ -294,8 +294,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                 total_steps=args.warmup + args.steps)
         method = build_bench_method(name, context).to(device)
         method.train()
+        method.begin_step(1)  # time steady-state steps (CaRot distils from its second step on)
         optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=config.optim.lr,  # as the loop's
-                                      weight_decay=config.optim.weight_decay, fused=device.type == "cuda")
+                                      weight_decay=method.optimizer_weight_decay(), fused=device.type == "cuda")
         candidates.append(Candidate(name, method, optimizer))
 
     generator = torch.Generator().manual_seed(args.seed)

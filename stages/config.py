@@ -112,13 +112,16 @@ class MethodOptions(Strict):
     carot_distill: float = Field(1.5, ge=0)
     carot_cross_norm: float = Field(0.05, ge=0)
     carot_orthogonality: float = Field(0.2, ge=0)
-    carot_ema_every: int = Field(500, ge=1)
+    carot_ema_every: int = Field(500, ge=1, description="CaRot's ema_up_freq N: the EMA teacher is updated after "
+                                 "optimiser steps 1, 1+N, 1+2N, ... (its carot_loss.py)")
     carot_momentum_start: float = Field(0.05, ge=0, le=1)
     carot_momentum_end: float = Field(0.9, ge=0, le=1)
     carot_momentum_warmup: float = Field(0.2, gt=0, le=1, description="fraction of steps over which momentum rises")
     lipsum_weight: float = Field(1.0, ge=0)
     lipsum_texts: int = Field(80, ge=1)
     lipsum_tokens: int = Field(8, ge=1)
+    lipsum_weight_decay: float | None = Field(0.0, ge=0, description="AdamW weight decay of Lipsum-FT runs "
+                                              "(its code's default 0.0); null: the train set's optim.weight_decay")
 
 
 class TrainConfig(Strict):
@@ -351,7 +354,31 @@ class LossFigureSpec(Strict):
     methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
-FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec | LossFigureSpec, Field(discriminator="kind")]
+class GradcamFigureSpec(Strict):
+    """Grad-CAM of the predicted class (the paper's Figure 3): one row per image, the image then one map per method.
+
+    Each method's run is the first of the table's grid for that method (its first arch, train set,
+    variant, bank, concept and λ) at `seed`; zero-shot is the pretrained model. A map is that of
+    the class the run predicts, through the head its evaluation scores the benchmark with.
+    """
+
+    kind: Literal["gradcam"]
+    title: str
+    table: int = Field(description="the table whose runs the figure draws")
+    benchmark: str = Field(description="the benchmark whose images are drawn (read from data_root)")
+    methods: list[Method] = Field(["zeroshot", "flyp", "starft"], min_length=1,
+                                  description="one column per method, in this order")
+    images: int = Field(4, ge=1, le=64, description="rows: this many images, evenly spaced over the benchmark's "
+                        "images (over each of `groups` in turn when given)")
+    groups: list[str] | None = Field(None, description="draw only images of these groups of a group-shift "
+                                     "benchmark (e.g. its minority groups)")
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="exact image indices "
+                                                              "(instead of `images` and `groups`)")
+    seed: int | None = Field(None, description="seed of the drawn runs (default: the table's first seed)")
+
+
+FigureSpec = Annotated[GroupFigureSpec | TradeoffFigureSpec | LossFigureSpec | GradcamFigureSpec,
+                      Field(discriminator="kind")]
 
 
 class DescriptorsSettings(Strict):
@@ -444,8 +471,8 @@ class WorkflowConfig(Strict):
             self._check_figure(f"figures.{name}", figure)
         return self
 
-    def _check_figure(self, key: str, figure: GroupFigureSpec | TradeoffFigureSpec | LossFigureSpec) -> None:
-        """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep)."""
+    def _check_figure(self, key: str, figure: FigureSpec) -> None:
+        """A figure's table exists and has what the figure plots (benchmarks, labels, λ or α sweep, runs)."""
         if figure.table not in self.tables:
             raise ValueError(f"{key}.table: no table {figure.table}; tables: {sorted(self.tables)}")
         table = self.tables[figure.table]
@@ -453,6 +480,11 @@ class WorkflowConfig(Strict):
         if unknown:
             raise ValueError(f"{key}.methods: {unknown} are not in tables.{figure.table}.methods {table.methods}")
         if isinstance(figure, LossFigureSpec):
+            return
+        if isinstance(figure, GradcamFigureSpec):
+            seeds = table.seeds or self.seeds
+            if figure.seed is not None and figure.seed not in seeds:
+                raise ValueError(f"{key}.seed: {figure.seed} is not a seed of tables.{figure.table} ({seeds})")
             return
         if isinstance(figure, GroupFigureSpec):
             benchmarks = {column.benchmark for column in table.columns}

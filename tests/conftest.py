@@ -44,3 +44,23 @@ def move_student_off_teacher(method: torch.nn.Module, seed: int = 0, scale: floa
     with torch.no_grad():
         for parameter in method.student.parameters():
             parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+
+
+def carot_loss_py_schedule(num_batches: int, epochs: int, ema_up_freq: int, m_sche_src: float, m_sche_tar: float,
+                           m_warm_up: float) -> tuple[list[tuple[int, float]], list[int]]:
+    """CaRot's src/models/carot_loss.py loop (L127-234), transcribed: the EMA updates as (optimiser steps taken,
+    momentum) and the 0-based steps whose loss includes distillation."""
+    updates, distilled, total = [], [], num_batches * epochs
+    for epoch in range(epochs):
+        for i in range(num_batches):
+            step = i + epoch * num_batches
+            if step > 0:
+                distilled.append(step)
+            # ... loss.backward(); optimizer.step() ...
+            if (step % ema_up_freq) == 0 or step == num_batches * epochs:
+                if step < total * m_warm_up:
+                    m = ((m_sche_tar - m_sche_src) / (total * m_warm_up)) * step + m_sche_src
+                else:
+                    m = m_sche_tar
+                updates.append((step + 1, m))
+    return updates, distilled

@@ -41,7 +41,10 @@ def test_data_files_have_the_published_sizes() -> None:
     assert all("{c}" in t for name in counts for t in templates(name))
     assert templates("waterbirds") == ["This is a picture of a {c}."]
     cars = data_file("classnames", "stanford_cars")
-    assert cars["folders"] == sorted(cars["folders"]) and "Ram C-V Cargo Van Minivan 2012" in cars["classnames"]
+    assert cars["folders"] == sorted(cars["folders"])
+    # Prompts use OpenAI's names (CLIP's list, CLIP_benchmark); the folders have '-' for the '/' of 'C/V'.
+    assert [(f, c) for f, c in zip(cars["folders"], cars["classnames"]) if f.replace("_", " ") != c] == [
+        ("Ram_C-V_Cargo_Van_Minivan_2012", "Ram C/V Cargo Van Minivan 2012")]
 
 
 # --- ImageNet family ---------------------------------------------------------------------------------
@@ -181,13 +184,15 @@ def test_caltech101_split_and_all(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "folder", "classes"), [
-    ("stanford-cars", "stanford_cars", ["Audi_TT_Hatchback_2011", "Audi_TTS_Coupe_2012", "smart_fortwo_Convertible_2012"]),
+    ("stanford-cars", "stanford_cars", ["Audi_TT_Hatchback_2011", "Ram_C-V_Cargo_Van_Minivan_2012",
+                                        "smart_fortwo_Convertible_2012"]),
     ("flowers102", "flowers102", ["yellow_iris", "air_plant", "pink_primrose"]),
 ])
 def test_cars_and_flowers_follow_the_sorted_folder_order(tmp_path: Path, name: str, folder: str, classes: list[str]) -> None:
     fakes.folder_classes(tmp_path / folder / "test", classes)
     source = build_dataset(name, tmp_path, "test")
-    assert [source.classnames[y] for y in source.labels] == [c.replace("_", " ") for c in sorted(classes)]
+    assert [source.classnames[y] for y in source.labels] == [
+        c.replace("_", " ").replace("C-V", "C/V") for c in sorted(classes)]  # the OpenAI name of Ram's folder
     assert source.labels == sorted(source.labels)
     fakes.folder_classes(tmp_path / folder / "test", ["Not_A_Class"])
     with pytest.raises(DatasetError, match="Not_A_Class"):
@@ -231,21 +236,20 @@ def test_flowers_original_files_split_by_setid_and_relabel_alphabetically(tmp_pa
 
 def test_cars_original_files_use_flyps_split_and_the_sorted_folder_labels(tmp_path: Path) -> None:
     names = classnames("stanford_cars")
-    # cars_meta.mat has another order (OpenAI's) and a '/' where the folder names have '-'.
-    meta = [name.replace("Ram C-V", "Ram C/V") for name in reversed(names)]
+    # cars_meta.mat has another order (OpenAI's) and, as the class names, a '/' where the folder names have '-'.
+    meta = list(reversed(names))
     ram = meta.index("Ram C/V Cargo Van Minivan 2012") + 1
     train_classes, test_classes = [1 + (7 * i) % 196 for i in range(10)], [196, ram, 1]
     fakes.stanford_cars_original(tmp_path, meta, train_classes, test_classes)
     test = build_dataset("stanford-cars", tmp_path, "test")
     assert [p.relative_to(tmp_path).as_posix() for p in test.images] == [
         f"stanford_cars/cars_test/{n:05d}.jpg" for n in (1, 2, 3)]
-    assert [test.classnames[y] for y in test.labels] == [names[0], "Ram C-V Cargo Van Minivan 2012", names[-1]]
+    assert [test.classnames[y] for y in test.labels] == [names[0], "Ram C/V Cargo Van Minivan 2012", names[-1]]
     train_indices, val_indices = flyp_cars_split(10)
     for split, indices in (("train", train_indices), ("val", val_indices)):
         source = build_dataset("stanford-cars", tmp_path, split)
         assert [p.name for p in source.images] == [f"{i + 1:05d}.jpg" for i in indices]
-        assert [source.classnames[y] for y in source.labels] == [
-            meta[train_classes[i] - 1].replace("/", "-") for i in indices]
+        assert [source.classnames[y] for y in source.labels] == [meta[train_classes[i] - 1] for i in indices]
     assert len(val_indices) == 2 and sorted([*train_indices, *val_indices]) == list(range(10))
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import fakes
-from conftest import tiny_config
+from conftest import carot_loss_py_schedule, tiny_config
 from stages.data.source import build_dataset
 from stages.models import create_clip
 from stages.training.loop import EpochSampler, TrainingSamples, lambda_at, train, warmup_cosine
@@ -83,7 +83,8 @@ def test_zeroshot_run_saves_the_pretrained_weights_unchanged(tmp_path: Path) -> 
     ("starft", {"spurious__bank": str(REPO / "descriptor_banks" / "official-code.json")}),
     ("ft", {}),
     ("carot", {"options__carot_ema_every": 1}),
-], ids=["starft", "ft", "carot-ema"])
+    ("lipsumft", {}),
+], ids=["starft", "ft", "carot-ema", "lipsumft"])
 def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
                                           overrides: dict) -> None:
     config = tiny_config(method, checkpoint_every=1, **overrides)  # 2 epochs x 2 steps
@@ -116,6 +117,43 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.Mo
     losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
               for run in ("straight", "resumed")]
     assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4-step CaRot run (EMA every 2): its teacher = a float64 EMA, on CaRot's schedule, of the students it saw."""
+    config = tiny_config("carot", options__carot_ema_every=2)  # 2 epochs x 2 steps
+    cls = method_class("carot")
+    students: dict[int, dict[str, torch.Tensor]] = {}
+    original_begin, original_after = cls.begin_step, cls.after_optimizer_step
+
+    def record(method, steps: int) -> None:
+        students.setdefault(steps, {k: v.detach().double().clone() for k, v in method.student.named_parameters()})
+
+    def begin_step(self, step: int) -> None:
+        record(self, step)
+        original_begin(self, step)
+
+    def after_optimizer_step(self, step: int) -> None:
+        record(self, step)
+        original_after(self, step)
+
+    monkeypatch.setattr(cls, "begin_step", begin_step)
+    monkeypatch.setattr(cls, "after_optimizer_step", after_optimizer_step)
+    train(config, tmp_path / "run")
+    options = config.options
+    updates, distilled = carot_loss_py_schedule(2, 2, 2, options.carot_momentum_start, options.carot_momentum_end,
+                                                options.carot_momentum_warmup)
+    assert [step for step, _ in updates] == [1, 3]
+    teacher = dict(students[0])  # the teacher starts as the pretrained student
+    for step, momentum in updates:
+        teacher = {k: momentum * v + (1 - momentum) * students[step][k] for k, v in teacher.items()}
+    saved = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=False)["teacher"]
+    for key, value in teacher.items():
+        torch.testing.assert_close(saved[key].double(), value, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(students[0][k], teacher[k]) for k in teacher)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] - 1 for r in records if "loss_distill" in r] == distilled == [1, 2, 3]
 
 
 def test_best_checkpoint_by_id_validation(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import move_student_off_teacher, tiny_config
+from conftest import carot_loss_py_schedule, move_student_off_teacher, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.training.losses import ClipLoss, star_loss
@@ -49,6 +49,7 @@ def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) ->
         return
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     for step in range(2):
+        method.begin_step(step)
         terms = method.training_step(batch_from(source, bundle, seed=step), lam=1.0)
         loss = sum(terms.values())
         assert torch.isfinite(loss), terms
@@ -56,12 +57,15 @@ def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) ->
         loss.backward()
         optimizer.step()
         method.after_optimizer_step(step + 1)
+        if step == 0 and teacher is not None:
+            teacher_after_first = copy.deepcopy(teacher.state_dict())
     after = method.state_dict()
     changed = [k for k in before if k.startswith("student.") and not torch.equal(before[k], after[k])]
     assert changed, "no student parameter moved"
-    if teacher_before is not None:  # CaRot's EMA moves only every carot_ema_every (500) steps
+    if teacher_before is not None:  # frozen teachers never move; CaRot's EMA only after steps 1, 501, 1001, ...
+        expected = teacher_after_first if name == "carot" else teacher_before
         for key, value in teacher.state_dict().items():
-            assert torch.equal(value, teacher_before[key]), f"teacher parameter {key} changed"
+            assert torch.equal(value, expected[key]), f"teacher parameter {key} changed"
     if name in ("ft", "carft", "lipsumft"):  # head methods keep the text tower at zero-shot
         assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("student.transformer."))
         assert method.head_state()["weight"].shape == (4, 32)
@@ -73,6 +77,7 @@ def test_bf16_autocast_keeps_fp32_weights_losses_and_gradients_close_to_fp32(nam
     method, source, bundle = make_method(name)
     move_student_off_teacher(method)
     batch = batch_from(source, bundle)
+    method.begin_step(1)  # a step after the first (CaRot distils from then on)
     results = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(5)  # the same per-step draws (Lipsum-FT's random texts) in both passes
@@ -97,7 +102,8 @@ def test_carot_ema_moves_teacher_towards_student() -> None:
     loss.backward()
     optimizer.step()
     method.after_optimizer_step(1)
-    momentum = method.momentum(1)
+    momentum = method.ema_momentum_after(1)
+    assert momentum == method.momentum(0) == method.config.options.carot_momentum_start
     for (key, teacher_value), student_value in zip(method.teacher.named_parameters(), method.student.parameters()):
         expected = momentum * teacher_before[key] + (1 - momentum) * student_value.detach()
         torch.testing.assert_close(teacher_value, expected)
@@ -215,3 +221,79 @@ def test_compiled_towers_give_the_eager_loss_and_gradients() -> None:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] > graphs_before  # the towers really ran compiled
     assert compiled.student.state_dict().keys() == eager.student.state_dict().keys()
+
+
+@pytest.mark.parametrize(("num_batches", "epochs"), [(2502, 10), (110, 10), (7, 3)])
+def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> None:
+    """EMA after optimiser steps 1, 501, 1001, ... with the momentum of the step before; no distillation at step 0."""
+    torch.manual_seed(0)
+    total = num_batches * epochs
+    every = 500 if total > 100 else 4
+    config = tiny_config("carot", options__carot_ema_every=every)
+    bundle = create_clip("TinyCLIP-test", None)
+    source = build_dataset("synthetic", None, "train:16")
+    method = build_method("carot", MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=total))
+    options = config.options
+    expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options.carot_momentum_start,
+                                                 options.carot_momentum_end, options.carot_momentum_warmup)
+    ours = [(step, m) for step in range(1, total + 1) if (m := method.ema_momentum_after(step)) is not None]
+    assert [step for step, _ in ours] == [step for step, _ in expected]
+    for (_, got), (_, want) in zip(ours, expected):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    if total == 25020:  # the paper's ImageNet run: 51 updates (not 50), the first after optimiser step 1
+        assert len(ours) == 51 and ours[:3] == [(1, 0.05), (501, ours[1][1]), (1001, ours[2][1])]
+        assert ours[-1][0] == 25001
+    assert distilled == list(range(1, total))
+    batch = batch_from(source, bundle)
+    for step in (0, 1):
+        method.begin_step(step)
+        assert ("distill" in method.training_step(batch, lam=0.0)) == (step in distilled)
+
+
+def test_lipsum_head_step_moves_logits_as_its_code_s_times_w() -> None:
+    """One AdamW step on Lipsum-FT's head, against a float64 transcription of its parametrisation
+    (logits = s·f·W, W trained, s the fixed zero-shot scale; scripts/Lipsum-FT.py L186-187)."""
+    method, _, _ = make_method("lipsumft")
+    assert method.optimizer_weight_decay() == 0.0  # its code's default, not the train set's 0.1
+    s = method.zeroshot_scale
+    w0 = method.head.detach().double().clone()
+    torch.testing.assert_close(w0.norm(dim=-1), torch.ones(len(w0), dtype=torch.float64))  # unit-norm rows
+    generator = torch.Generator().manual_seed(0)
+    features = F.normalize(torch.randn(6, w0.shape[1], generator=generator, dtype=torch.float64), dim=-1)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    lr, eps = 1e-3, 1e-8
+    optimizer = torch.optim.AdamW([method.head], lr=lr, eps=eps, weight_decay=method.optimizer_weight_decay())
+    F.cross_entropy(method._head_logits(features.float()), labels).backward()
+    optimizer.step()
+    ours = method._head_logits(features.float()).detach().double()
+
+    def adamw_first_step(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        # m̂ = g, v̂ = g² after one step of Adam (bias-corrected), no decay
+        return weight - lr * grad / (grad.abs() + eps)
+
+    onehot = F.one_hot(labels, len(w0)).double()
+    # Lipsum-FT: d/dW CE(s·f·Wᵀ) = s·(softmax - onehot)ᵀ f / N
+    grad_w = s * (torch.softmax(s * features @ w0.T, dim=-1) - onehot).T @ features / len(labels)
+    reference = s * features @ adamw_first_step(w0, grad_w).T
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    # Training H = s·W directly (the FT parametrisation) would move the logits s times less.
+    h0 = s * w0
+    grad_h = (torch.softmax(features @ h0.T, dim=-1) - onehot).T @ features / len(labels)
+    other = features @ adamw_first_step(h0, grad_h).T
+    before = s * features @ w0.T
+    move, other_move = float((ours - before).abs().max()), float((other - before).abs().max())
+    assert move == pytest.approx(s * other_move, rel=1e-3) and s > 5
+    # The checkpoint stores the effective head s·W, the form evaluation applies as normalize(f) @ weight.T.
+    state = method.head_state()
+    torch.testing.assert_close(features.float() @ state["weight"].T, ours.float(), rtol=1e-5, atol=1e-5)
+    restored, _, _ = make_method("lipsumft")
+    restored.load_head_state(state)
+    assert torch.equal(restored.head, method.head)
+
+
+def test_ft_head_trains_scale_times_zero_shot_weights_with_the_train_sets_decay() -> None:
+    method, _, _ = make_method("ft", optim__weight_decay=0.3)
+    lipsum, _, _ = make_method("lipsumft", optim__weight_decay=0.3, options__lipsum_weight_decay=None)
+    assert method.optimizer_weight_decay() == 0.3 and lipsum.optimizer_weight_decay() == 0.3
+    torch.testing.assert_close(method.head.detach(), lipsum.head.detach() * lipsum.zeroshot_scale)
+    torch.testing.assert_close(method.head_state()["weight"], lipsum.head_state()["weight"])

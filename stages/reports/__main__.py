@@ -1,10 +1,12 @@
-"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--all-results] [--out-dir DIR]``.
+"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--all-results] [--out-dir DIR] [--device D]``.
 
 Builds ``tableN.md`` and ``tableN.csv`` for each N, and ``figure_<NAME>.png`` for each figure of
 the config's ``figures``, from the metrics JSON files the workflow config implies (missing ones
 show as missing cells, or are listed on the figure and here), into DIR (default: the config's
 results). ``--all-results`` writes ``all_results.csv`` and ``all_results.jsonl``: one row per
 (run, benchmark, WiSE-FT α) with the run's slots and every metric (``stages.reports.results``).
+A ``gradcam`` figure instead reads the runs' ``best.pt`` and the benchmark's images under
+``data_root`` and runs the models (on ``--device``, default cpu).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from stages.config import ConfigError, validate_workflow_config
+from stages.config import ConfigError, GradcamFigureSpec, validate_workflow_config
+from stages.data.source import DatasetError
+from stages.models.factory import ModelLoadError
 from stages.reports.figures import build_figure, write_figure
 from stages.reports.results import write_all_results
 from stages.reports.tables import build_table, write_table
@@ -31,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-results", action="store_true",
                         help="write all_results.csv and .jsonl (one row per run, benchmark and α)")
     parser.add_argument("--out-dir", type=Path, help="where the tables and figures go (default: the config's results)")
+    parser.add_argument("--device", default="cpu", help="where gradcam figures run their models (e.g. cuda)")
     args = parser.parse_args(argv)
     if not args.table and not args.figure and not args.all_results:
         parser.error("give --table, --figure and/or --all-results")
@@ -45,15 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.figure:
             if name not in config.figures:
                 raise ConfigError(f"{args.config}: no figure {name!r}; figures: {sorted(config.figures)}")
-            plot = build_figure(config, name)
-            path = write_figure(plot, args.out_dir or config.results)
+            if isinstance(config.figures[name], GradcamFigureSpec):
+                from stages.reports.gradcam import build_gradcam, write_gradcam  # torch + models: only when needed
+
+                plot = build_gradcam(config, name, args.device)
+                path = write_gradcam(plot, args.out_dir or config.results)
+            else:
+                plot = build_figure(config, name)
+                path = write_figure(plot, args.out_dir or config.results)
             print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
             for note in plot.missing:
                 print(f"  missing: {note}")
         if args.all_results:
             paths, rows, missing = write_all_results(config, args.out_dir or config.results)
             print(f"all results: {rows} rows, {missing} planned metrics files missing -> {', '.join(map(str, paths))}")
-    except (ConfigError, OSError) as error:
+    except (ConfigError, OSError, DatasetError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

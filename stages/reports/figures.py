@@ -28,7 +28,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from stages import plan
-from stages.config import GroupFigureSpec, LossFigureSpec, TableSpec, TradeoffFigureSpec, WorkflowConfig
+from stages.config import (ConfigError, GradcamFigureSpec, GroupFigureSpec, LossFigureSpec, TableSpec,
+                           TradeoffFigureSpec, WorkflowConfig)
 from stages.io import atomic_write_binary
 from stages.reports.tables import Stat, column_values, display, with_averages
 
@@ -214,6 +215,8 @@ def loss_panels(config: WorkflowConfig, spec: LossFigureSpec) -> tuple[list[Pane
 def build_figure(config: WorkflowConfig, name: str) -> Plot:
     """Read every metrics file (or training log) figure `name` needs and aggregate it over seeds."""
     spec = config.figures[name]
+    if isinstance(spec, GradcamFigureSpec):
+        raise ConfigError(f"figures.{name} is a gradcam figure: build it with stages.reports.gradcam.build_gradcam")
     if isinstance(spec, GroupFigureSpec):
         panels, missing = group_panels(config, spec)
     elif isinstance(spec, LossFigureSpec):

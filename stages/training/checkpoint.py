@@ -4,12 +4,14 @@
 both hold::
 
     {"state_dict": model state dict (fp32),
-     "head": None | {"weight": Tensor[C, d], "classnames": [str, ...]},   # head-based methods
+     "head": None | {"weight": Tensor[C, d], "classnames": [str, ...],   # head-based methods
+                     "parameter": Tensor[C, d]},   # what trains: = weight, or W of Lipsum-FT's s·W
      "model_name": str, "pretrained": str | None, "method": str, "step": int}
 
 ``last.pt`` adds optimiser, scheduler, loop counters and every RNG state. A head maps
 L2-normalised image features to logits: ``normalize(f(x)) @ weight.T`` (the zero-shot scale is
-folded into the weight at initialisation, as WiSE-FT does).
+folded into the weight: FT and CAR-FT train that weight, as WiSE-FT; Lipsum-FT trains W with the
+weight = s·W, as its code).
 """
 
 from __future__ import annotations

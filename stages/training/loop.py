@@ -237,7 +237,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     # --- optimiser and schedule (AdamW, decay on every parameter as the official code) ---------
     # The fused CUDA kernel does the whole AdamW update in one launch; CPU keeps the foreach default.
     parameters = method.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay,
+    optimizer = torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=method.optimizer_weight_decay(),
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(optim.warmup_steps, total_steps))
     dtype = autocast_dtype(config.precision, device)
@@ -255,7 +255,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     if state is not None:
         method.student.load_state_dict(state["state_dict"])
         if state["head"] is not None:
-            method.head.data.copy_(state["head"]["weight"])
+            method.load_head_state(state["head"])
         if state.get("teacher") is not None:
             method.load_teacher_state(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
@@ -324,6 +324,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             for _ in range(step_in_epoch, steps_per_epoch):
                 lam = (lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
                        if method.uses_lambda else 0.0)
+                method.begin_step(step)
                 optimizer.zero_grad(set_to_none=True)
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:

@@ -127,8 +127,15 @@ class Method(nn.Module):
         """Named, already weighted loss terms of one (micro-)batch; the loop sums them."""
         raise NotImplementedError
 
+    def begin_step(self, step: int) -> None:
+        """Hook run before each optimiser step's micro-batches; `step` = optimiser steps taken so far."""
+
     def after_optimizer_step(self, step: int) -> None:
-        """Hook run after each optimiser step (CaRot's EMA update)."""
+        """Hook run after each optimiser step (CaRot's EMA); `step` = optimiser steps taken, this one included."""
+
+    def optimizer_weight_decay(self) -> float:
+        """AdamW's weight decay for this method (the train set's ``optim.weight_decay`` unless it overrides)."""
+        return self.config.optim.weight_decay
 
     def head_state(self) -> dict[str, Any] | None:
         """The trained classification head to checkpoint, or None for contrastive methods."""
@@ -159,6 +166,9 @@ class Method(nn.Module):
                 module = getattr(model, tower, None)
                 if isinstance(module, nn.Module):
                     module.compile()
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{self.name} has no trained head")
 
     def teacher_state(self) -> dict[str, Tensor] | None:
         """State of a moving teacher that a resumed run must restore (CaRot's EMA), else None."""
@@ -202,8 +212,15 @@ class _HeadMethod(Method):
     """Cross-entropy through a linear head on normalised image features, initialised zero-shot.
 
     As WiSE-FT's FT baseline, only the image tower and the head train; the text tower stays at
-    its zero-shot weights so that new class sets can still be evaluated through it.
+    its zero-shot weights so that new class sets can still be evaluated through it. The trained
+    parameter is ``H = s·W`` (WiSE-FT: zero-shot weights times the logit scale, logits ``f·Hᵀ``);
+    with ``scaled_head`` (Lipsum-FT) it is ``W`` itself, unit-norm rows at initialisation and
+    trained freely, and the logits are ``s·f·Wᵀ`` with the zero-shot scale ``s`` fixed, so an
+    optimiser step moves the logits ``s`` times more. Checkpoints store the effective ``s·W``
+    either way (``head_state``), the form evaluation reads.
     """
+
+    scaled_head: ClassVar[bool] = False
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
@@ -213,10 +230,12 @@ class _HeadMethod(Method):
         # Built under no_grad (not inference_mode): the head is trained from these weights.
         zeroshot = build_zeroshot_weights(self.student, self.tokenizer, self.classnames, templates)
         self.zeroshot_scale = float(self.student.logit_scale.exp())
-        self.head = nn.Parameter(zeroshot * self.zeroshot_scale)
+        self.head_scale = self.zeroshot_scale if self.scaled_head else 1.0
+        self.head = nn.Parameter(zeroshot if self.scaled_head else zeroshot * self.zeroshot_scale)
 
     def _head_logits(self, image_features: Tensor) -> Tensor:
-        return image_features @ self.head.T.to(image_features.dtype)
+        logits = image_features @ self.head.T.to(image_features.dtype)
+        return self.head_scale * logits if self.scaled_head else logits
 
     def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
         image_features = _unit(self.student.encode_image(batch["image"]))
@@ -226,11 +245,19 @@ class _HeadMethod(Method):
         return {"ce": F.cross_entropy(self._head_logits(image_features).float(), batch["label"])}
 
     def head_state(self) -> dict[str, Any]:
-        return {"weight": self.head.detach().float().cpu().clone(), "classnames": list(self.classnames)}
+        """``weight`` = the effective head (logits = normalize(f) @ weight.T); ``parameter`` = what trains."""
+        parameter = self.head.detach().float().cpu().clone()
+        return {"weight": parameter * self.head_scale if self.scaled_head else parameter,
+                "classnames": list(self.classnames), "parameter": parameter}
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        """Restore the trained parameter from a ``head_state`` (resuming a run)."""
+        self.head.data.copy_(state["parameter"])
 
     @torch.no_grad()
     def class_head(self) -> Tensor:
-        return self.head.detach()
+        head = self.head.detach()
+        return head * self.head_scale if self.scaled_head else head
 
 
 @register_method("ft")
@@ -272,7 +299,18 @@ class CarFT(_HeadMethod):
 
 @register_method("lipsumft")
 class LipsumFT(_HeadMethod):
-    """Lipsum-FT (Nam et al., 2024): CE + w · MSE of logits on random-token texts vs the zero-shot model."""
+    """Lipsum-FT (Nam et al., 2024): CE + w · MSE of logits on random-token texts vs the zero-shot model.
+
+    As its ``scripts/Lipsum-FT.py``: logits ``s·f·W`` with ``s`` the fixed zero-shot scale and ``W``
+    (unit-norm zero-shot rows at initialisation, never renormalised) trained; AdamW's weight decay
+    is ``options.lipsum_weight_decay`` (its code's default 0.0) unless that is null.
+    """
+
+    scaled_head = True
+
+    def optimizer_weight_decay(self) -> float:
+        decay = self.config.options.lipsum_weight_decay
+        return self.config.optim.weight_decay if decay is None else decay
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
@@ -302,53 +340,68 @@ class LipsumFT(_HeadMethod):
 
 @register_method("carot")
 class CaRot(Method):
-    """CaRot (Oh et al., 2024): FLYP + EMA self-distillation (both directions) + projection penalties."""
+    """CaRot (Oh et al., 2024): FLYP + EMA self-distillation (both directions) + projection penalties.
+
+    The EMA schedule is the one of CaRot's ``src/models/carot_loss.py``: its loop index ``t`` counts
+    optimiser steps from 0, the teacher is updated after the optimiser step of every ``t`` with
+    ``t % ema_up_freq == 0`` (after optimiser steps 1, 501, 1001, ... in our 1-based count) with
+    the momentum of ``t`` (that of the step before), and the distillation term is skipped at
+    ``t = 0``, where the teacher still equals the student.
+    """
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         self.teacher = frozen_copy(self.student)
         self.total_steps = context.total_steps
+        self.steps_taken = 0  # optimiser steps before the current one (CaRot's loop index t)
         self.clip_loss, self.distill_loss, self.penalties = ClipLoss(), SymmetricDistillLoss(), ProjectionPenalties()
 
     @staticmethod
     def _projection(weight: Tensor | nn.Linear) -> Tensor:
         return weight.weight.T if isinstance(weight, nn.Linear) else weight
 
-    def momentum(self, step: int) -> float:
-        """EMA momentum: linear from start to end over the first `carot_momentum_warmup` of the steps."""
+    def momentum(self, t: int) -> float:
+        """EMA momentum at loop index `t`: linear from start to end over the first `carot_momentum_warmup` of steps."""
         options = self.config.options
         ramp = max(1.0, options.carot_momentum_warmup * self.total_steps)
-        progress = min(1.0, step / ramp)
+        progress = min(1.0, t / ramp)
         return options.carot_momentum_start + progress * (options.carot_momentum_end - options.carot_momentum_start)
+
+    def ema_momentum_after(self, step: int) -> float | None:
+        """The momentum of the EMA update after optimiser step `step` (1-based), or None if none follows it."""
+        t = step - 1  # CaRot's 0-based loop index of that step
+        return self.momentum(t) if t % self.config.options.carot_ema_every == 0 else None
+
+    def begin_step(self, step: int) -> None:
+        self.steps_taken = step
 
     def training_step(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
         options = self.config.options
         image_features, text_features = self._clip_features(batch["image"], batch["label"])
         student_scale = self.student.logit_scale.exp()
-        with torch.no_grad():
-            teacher_image = _unit(self.teacher.encode_image(batch["image"]))
-            teacher_text = _unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]],
-                                                     length=self.caption_length))
-            teacher_scale = self.teacher.logit_scale.exp()
         cross, orthogonality = self.penalties(
             self._projection(self.student.visual.proj), self._projection(self.student.text_projection)
         )
         image_features, text_features = gather_batch(image_features), gather_batch(text_features)
-        teacher_image, teacher_text = gather_batch(teacher_image), gather_batch(teacher_text)
-        return {
-            "clip": self.clip_loss(image_features, text_features, student_scale),
-            "distill": options.carot_distill * self.distill_loss(
+        terms = {"clip": self.clip_loss(image_features, text_features, student_scale)}
+        if self.steps_taken > 0:  # CaRot skips distillation at its step 0 (the teacher is still the student)
+            with torch.no_grad():
+                teacher_image = gather_batch(_unit(self.teacher.encode_image(batch["image"])))
+                teacher_text = gather_batch(_unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]],
+                                                                      length=self.caption_length)))
+                teacher_scale = self.teacher.logit_scale.exp()
+            terms["distill"] = options.carot_distill * self.distill_loss(
                 teacher_image, teacher_text, teacher_scale, image_features, text_features, student_scale
-            ),
-            "cross_norm": options.carot_cross_norm * cross,
-            "orthogonality": options.carot_orthogonality * orthogonality,
-        }
+            )
+        terms["cross_norm"] = options.carot_cross_norm * cross
+        terms["orthogonality"] = options.carot_orthogonality * orthogonality
+        return terms
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
-        if step % self.config.options.carot_ema_every:
+        momentum = self.ema_momentum_after(step)
+        if momentum is None:
             return
-        momentum = self.momentum(step)
         for teacher_param, student_param in zip(self.teacher.parameters(), self.student.parameters()):
             teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
 

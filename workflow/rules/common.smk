@@ -12,6 +12,7 @@ import shlex
 import yaml
 
 from stages.reports.figures import loss_inputs
+from stages.reports.gradcam import figure_inputs as gradcam_inputs
 
 # `python -m stages.training` options for the execution settings kept out of train.yaml (the same
 # for every run of the grid).
@@ -123,13 +124,15 @@ def table_metrics(wildcards) -> list[str]:
 
 
 def figure_metrics(wildcards) -> list[str]:
-    """What the figure reads: its table's evaluation indexes, or, for training curves, its runs' best.pt
-    (written after train_log.jsonl, which is not a declared output)."""
+    """What the figure reads: its table's evaluation indexes; for training curves, its runs' best.pt
+    (written after train_log.jsonl, which is not a declared output); for Grad-CAM, the drawn models."""
     if wildcards.name not in WF.figures:
         raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
     figure = WF.figures[wildcards.name]
     if figure.kind == "loss":
         return [(path.parent / "best.pt").as_posix() for path in loss_inputs(WF, figure)]
+    if figure.kind == "gradcam":  # it runs the models on the benchmark's images (under data_root)
+        return [path.as_posix() for path in gradcam_inputs(WF, wildcards.name)]
     return [path.as_posix() for path in plan.table_indexes(WF, figure.table)]
 
 
