@@ -84,7 +84,7 @@ def test_paper_all_tables_dry_run_plans_the_grid(tmp_path: Path) -> None:
     evaluate = train + 7
     assert job_counts(result.stdout) == {
         "descriptor_bank": 1, "train": train, "run_config": train, "evaluate": evaluate, "all_results": 1,
-        "workflow_config": 1, "report": 11, "figure": 3, "all": 1, "total": 2 * train + evaluate + 18,
+        "workflow_config": 1, "report": 11, "figure": 4, "all": 1, "total": 2 * train + evaluate + 19,
     }
     assert train + evaluate <= 350  # the paper grid's compute jobs (1,779 with one job per benchmark and α)
 
