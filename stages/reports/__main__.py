@@ -15,8 +15,6 @@ from pathlib import Path
 import yaml
 
 from stages.config import ConfigError, validate_workflow_config
-from stages.reports.figures import build_figure, write_figure
-from stages.reports.tables import build_table, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.table and not args.figure:
         parser.error("give --table and/or --figure")
+    # Imported after parsing, so that --help does not wait for torch and matplotlib.
+    from stages.reports.figures import build_figure, write_figure
+    from stages.reports.tables import build_table, write_table
+
     try:
         config = validate_workflow_config(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
         for number in args.table:
