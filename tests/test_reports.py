@@ -44,6 +44,14 @@ def test_table2_paper_numbers_and_seed_statistics(paper: WorkflowConfig) -> None
     assert next(r for r in table.rows if r.labels == ["ViT-L-14", "Lipsum-FT"]).stats["IN"].paper is None
 
 
+def test_single_seed_cell_prints_the_value_alone(paper: WorkflowConfig) -> None:
+    for cell in plan.table_cells(paper, 2):
+        if cell.run.method == "starft" and cell.run.model.name == "ViT-B-16" and cell.seed == 0:
+            write_metrics(cell.eval_path(paper.results, "imagenet"), top1=0.80)
+    text = markdown(build_table(paper, 2))
+    assert "| ViT-B-16 | StarFT | 80.00 (n=1) [82.90, -2.90] |" in text  # not "80.00 ± 0.00"
+
+
 def test_table8_picks_best_alpha_on_id(paper: WorkflowConfig) -> None:
     for cell in plan.table_cells(paper, 8):
         if cell.run.method == "flyp" and cell.alpha is not None:
@@ -95,5 +103,4 @@ def test_table5_average_rank_reproduces_the_papers_from_its_own_numbers(paper: W
             assert round(stat.mean, 1) == stat.paper, name  # ties (FMoW 68.6 / 68.4) share the better rank
     assert ranked["StarFT"].mean == pytest.approx((1 + 2 + 1 + 2 + 1 + 3) / 6)
     text = markdown(table)
-    assert "| StarFT | 97.20 [97.20, +0.00]" in text and "| 1.67 [1.70, -0.03] |" in text  # one seed: no "± 0.00"
-    assert "± 0.00" not in text
+    assert "| StarFT | 97.20 ± 0.00 [97.20, +0.00]" in text and "| 1.67 [1.70, -0.03] |" in text

@@ -18,6 +18,9 @@ from tqdm import tqdm
 
 from stages.data.source import LabeledImages
 
+CHUNK = 256
+"""Images per thread-pool task (a million-image split is a few thousand tasks, not a million futures)."""
+
 
 def image_problem(path: Path, decode: bool) -> str | None:
     """Why `path` cannot be used as an image (None when it can): header only, or a full decode."""
@@ -36,11 +39,12 @@ def check_images(source: LabeledImages, decode: bool = False, workers: int | Non
                  progress: bool = False) -> list[tuple[Path, str]]:
     """``(path, reason)`` for every unreadable image of `source`, in dataset order."""
     paths = [Path(image) for image in source.images if not isinstance(image, np.ndarray)]
-    if not paths:
-        return []
-    workers = workers or min(16, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = pool.map(image_problem, paths, [decode] * len(paths), chunksize=64)
-        results = list(tqdm(problems, total=len(paths), desc=f"{'decode' if decode else 'header'} check "
-                            f"{source.name}", unit="img", disable=not progress))
-    return [(path, problem) for path, problem in zip(paths, results) if problem is not None]
+    chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    bad: list[tuple[Path, str]] = []
+    with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 2)) as pool, \
+            tqdm(total=len(paths), desc=f"{'decode' if decode else 'header'} check {source.name}", unit="img",
+                 disable=not progress or not paths) as bar:
+        for chunk, problems in zip(chunks, pool.map(lambda chunk: [image_problem(p, decode) for p in chunk], chunks)):
+            bad += [(path, problem) for path, problem in zip(chunk, problems) if problem is not None]
+            bar.update(len(chunk))
+    return bad
