@@ -103,9 +103,11 @@ class GenerateConfig:
 def items_schema(step: str, max_items: int | None) -> dict[str, Any]:
     """JSON schema of an answer: ``{"items": [string, ...]}``; step 3's strings hold exactly one ``{}``."""
     item: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 60}
-    if step == STEP_DESCRIPTORS:
-        item = {"type": "string", "pattern": r"^[^{}]{0,100}\{\}[^{}]{0,100}$"}
-    items = {"type": "array", "items": item, "minItems": 1, **({"maxItems": max_items} if max_items else {})}
+    least = 1
+    if step == STEP_DESCRIPTORS:  # one template per keyword; a JSON string without quotes, backslashes, newlines
+        item = {"type": "string", "pattern": r'^[^{}"\\\n]{0,100}\{\}[^{}"\\\n]{0,100}$'}
+        least = max_items or 1
+    items = {"type": "array", "items": item, "minItems": least, **({"maxItems": max_items} if max_items else {})}
     return {"type": "object", "properties": {"items": items}, "required": ["items"], "additionalProperties": False}
 
 
