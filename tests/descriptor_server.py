@@ -4,7 +4,7 @@ It is the remote end only: the code under test talks to it with the real `openai
 `answer` decides each reply from the request body (step 1, 2 or 3 of the paper's protocol is
 recognised from the prompt; a request with ``response_format`` gets JSON ``{"items": [...]}``, one
 without a numbered list); `accepts` lists the response_format types the server knows (others
-get HTTP 422, as llama-cpp-python answers ``json_schema``); `fail_next` queues error replies
+get llama-cpp-python's answer to ``json_schema``: HTTP 500 naming response_format); `fail_next` queues error replies
 (429, 500, 401, a slow answer, an HTML page) served before any scripted answer. Every request
 body is recorded, so tests count requests.
 """
@@ -125,8 +125,10 @@ class FakeLLMServer:
                 return self._failures.pop(0)
         response_format = request.get("response_format")
         if response_format and response_format.get("type") not in self.accepts:
-            return Reply(422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
-                                           "msg": "Input should be 'text' or 'json_object'"}]})
+            # llama-cpp-python 0.3's answer: its validation error as HTTP 500, with a traceback
+            message = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                       "'msg': \"Input should be 'text' or 'json_object'\"}\n\n  File \"app.py\", line 376")
+            return error_reply(500, message)
         text = self.answer(request)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         body = {

@@ -386,7 +386,8 @@ def test_a_server_without_json_schema_falls_back(tmp_path: Path, capsys: pytest.
         assert [r.get("response_format", {}).get("type") for r in server.requests[refused:]] == [
             None if used == "numbered" else used] * 3
         err = capsys.readouterr().err
-        assert f"the endpoint {server.url} refused response_format json_schema (HTTP 422" in err
+        assert f"the endpoint {server.url} refused response_format json_schema (HTTP 500: " in err
+        assert "'literal_error', 'loc': ('body', 'response_format', 'type')" in err
         assert ("asking for a numbered list instead" if used == "numbered" else
                 "asking with response_format json_object instead") in err
         assert generate(server, tmp_path, "--concepts", "background", "--runs", "2") == 0  # rerun: all cached

@@ -47,7 +47,8 @@ class ResponseFormatRejected(LLMError):
 
 
 REJECTED_FORMAT_STATUS = (400, 415, 422, 501)
-"""HTTP statuses with which servers refuse an unknown ``response_format`` (llama-cpp-python: 422)."""
+"""HTTP statuses with which servers refuse an unknown ``response_format``; llama-cpp-python answers 500
+naming ``response_format`` in its validation error, which counts as a refusal too."""
 
 
 @dataclass(frozen=True)
@@ -131,20 +132,33 @@ class OpenAIBackend:
         """One chat completion, retried on 429/5xx/timeouts; errors become one-line `LLMError`s (key scrubbed)."""
         import openai
 
+        retryable = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                     openai.InternalServerError)
         retry = 0
         while True:
             try:
                 return self._complete_once(messages, sampling, seed, response_format)
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                    openai.InternalServerError) as error:
-                if retry == self._max_retries:
-                    raise self._error(error, response_format) from None
+            except openai.OpenAIError as error:
+                if self._refuses_format(error, response_format):
+                    message = " ".join(self._scrub(str(error.message)).split())[:200]  # type: ignore[attr-defined]
+                    raise ResponseFormatRejected(
+                        f"the endpoint {self.base_url} refused response_format {response_format['type']} "  # type: ignore[index]
+                        f"(HTTP {error.status_code}: {message})"  # type: ignore[attr-defined]
+                    ) from None
+                if not isinstance(error, retryable) or retry == self._max_retries:
+                    raise self._error(error) from None
                 delay = self._retry_delay(error, retry)
                 retry += 1
                 log.warning("%s; retry %d/%d in %.1f s", self._describe(error), retry, self._max_retries, delay)
                 time.sleep(delay)
-            except openai.OpenAIError as error:
-                raise self._error(error, response_format) from None
+
+    @staticmethod
+    def _refuses_format(error: Exception, response_format: dict[str, Any] | None) -> bool:
+        """Whether `error` is the server refusing the request's response_format (not retried: asked without it)."""
+        import openai
+
+        return (response_format is not None and isinstance(error, openai.APIStatusError)
+                and (error.status_code in REJECTED_FORMAT_STATUS or "response_format" in str(error.message)))
 
     @staticmethod
     def _retry_delay(error: Exception, retry: int) -> float:
@@ -195,16 +209,10 @@ class OpenAIBackend:
             text=choice.message.content or "", model=response.model or self.model, finish_reason=choice.finish_reason
         )
 
-    def _error(self, error: Exception, response_format: dict[str, Any] | None) -> LLMError:
+    def _error(self, error: Exception) -> LLMError:
         """The one-line `LLMError` for a client error (after any retries)."""
         import openai
 
-        if isinstance(error, openai.APIStatusError) and response_format is not None \
-                and error.status_code in REJECTED_FORMAT_STATUS:
-            return ResponseFormatRejected(
-                f"the endpoint {self.base_url} refused response_format {response_format['type']} "
-                f"(HTTP {error.status_code}: {self._scrub(str(error.message))[:200]})"
-            )
         if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
             state = "is set" if self._api_key else "is not set"
             return LLMError(
