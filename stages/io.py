@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
@@ -64,6 +62,8 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 
 def atomic_torch_save(path: Path, payload: Any) -> None:
     """`torch.save` to `path` atomically (a checkpoint is either the old one or the new one)."""
+    import torch  # here, not at the top: the CLIs that never save a checkpoint start without torch
+
     with _atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
 

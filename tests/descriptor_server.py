@@ -2,8 +2,11 @@
 
 It is the remote end only: the code under test talks to it with the real `openai` client.
 `answer` decides each reply from the request body (step 1, 2 or 3 of the paper's protocol is
-recognised from the prompt); `fail_next` queues error replies (429, 500, 401, a slow answer)
-served before any scripted answer. Every request body is recorded, so tests count requests.
+recognised from the prompt; a request with ``response_format`` gets JSON ``{"items": [...]}``, one
+without a numbered list); `accepts` lists the response_format types the server knows (others
+get llama-cpp-python's answer to ``json_schema``: HTTP 500 naming response_format); `fail_next` queues error replies
+(429, 500, 401, a slow answer, an HTML page) served before any scripted answer. Every request
+body is recorded, so tests count requests.
 """
 
 from __future__ import annotations
@@ -29,18 +32,23 @@ KEYWORD_RUNS = [
 """Step-2 answers per run (chosen by the request's seed): duplicates across runs on purpose."""
 
 
+def listed(request: dict[str, Any], items: list[str]) -> str:
+    """`items` as JSON ``{"items": [...]}`` if the request asked for structured output, else as a numbered list."""
+    if request.get("response_format"):
+        return json.dumps({"items": items})
+    return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
+
+
 def keywords_answer(request: dict[str, Any]) -> str:
-    """A numbered keyword list; the run is the request's seed (0, 1, 2 with ``--seed 0``)."""
-    keywords = KEYWORD_RUNS[int(request.get("seed") or 0) % len(KEYWORD_RUNS)]
-    return "\n".join(f"{i}. {keyword}" for i, keyword in enumerate(keywords, 1))
+    """The keyword list; the run is the request's seed (0, 1, 2 with ``--seed 0``)."""
+    return listed(request, KEYWORD_RUNS[int(request.get("seed") or 0) % len(KEYWORD_RUNS)])
 
 
 def descriptors_answer(request: dict[str, Any]) -> str:
-    """One ``A photo of a [class] ...`` line per keyword of the step-3 prompt."""
+    """One ``A photo of a [class] ...`` item per keyword of the step-3 prompt (``{}`` for the class in JSON)."""
     keywords = re.search(r"following keywords: (.*)\n", prompt_of(request)).group(1).split(", ")
-    return "\n".join(
-        f'{i}. "A photo of a [class] with {k.lower()} in the background."' for i, k in enumerate(keywords, 1)
-    )
+    slot = "{}" if request.get("response_format") else "[class]"
+    return listed(request, [f'"A photo of a {slot} with {k.lower()} in the background."' for k in keywords])
 
 
 def prompt_of(request: dict[str, Any]) -> str:
@@ -52,7 +60,7 @@ def protocol_answer(request: dict[str, Any]) -> str:
     """A well-formed answer to whichever step of the protocol `request` is."""
     prompt = prompt_of(request)
     if "List possible spurious correlations" in prompt:
-        return STEP1_ANSWER
+        return listed(request, ["Background", "Texture", "Resolution"]) if request.get("response_format") else STEP1_ANSWER
     if "bias keywords" in prompt:
         return keywords_answer(request)
     if "Design a prompt" in prompt:
@@ -62,12 +70,18 @@ def protocol_answer(request: dict[str, Any]) -> str:
 
 @dataclass
 class Reply:
-    """An HTTP reply: status, JSON body, extra headers, and a delay before answering."""
+    """An HTTP reply: status, body (JSON, or text sent as is), extra headers, and a delay before answering."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | str
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    content_type: str = "application/json"
+
+
+def html_reply() -> Reply:
+    """A web page with status 200, as a proxy or a wrong --base-url serves."""
+    return Reply(200, "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>", content_type="text/html")
 
 
 def error_reply(status: int, message: str = "scripted failure", delay_s: float = 0.0) -> Reply:
@@ -80,8 +94,10 @@ def error_reply(status: int, message: str = "scripted failure", delay_s: float =
 class FakeLLMServer:
     """``with FakeLLMServer() as server: ... server.url ... len(server.requests)``."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], str] = protocol_answer) -> None:
+    def __init__(self, answer: Callable[[dict[str, Any]], str] = protocol_answer,
+                 accepts: tuple[str, ...] = ("json_schema", "json_object")) -> None:
         self.answer = answer
+        self.accepts = accepts
         self.requests: list[dict[str, Any]] = []
         self.authorization: list[str] = []
         self._failures: list[Reply] = []
@@ -107,6 +123,12 @@ class FakeLLMServer:
             self.authorization.append(authorization)
             if self._failures:
                 return self._failures.pop(0)
+        response_format = request.get("response_format")
+        if response_format and response_format.get("type") not in self.accepts:
+            # llama-cpp-python 0.3's answer: its validation error as HTTP 500, with a traceback
+            message = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                       "'msg': \"Input should be 'text' or 'json_object'\"}\n\n  File \"app.py\", line 376")
+            return error_reply(500, message)
         text = self.answer(request)
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         body = {
@@ -129,9 +151,9 @@ class FakeLLMServer:
                 request = json.loads(self.rfile.read(length))
                 reply = server._reply(request, self.headers.get("authorization", ""))
                 time.sleep(reply.delay_s)
-                payload = json.dumps(reply.body).encode()
+                payload = (reply.body if isinstance(reply.body, str) else json.dumps(reply.body)).encode()
                 self.send_response(reply.status)
-                self.send_header("content-type", "application/json")
+                self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(payload)))
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import socket
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from descriptor_server import FakeLLMServer, Reply, error_reply, prompt_of, protocol_answer
+from descriptor_server import FakeLLMServer, Reply, error_reply, html_reply, prompt_of, protocol_answer
 
 from stages.descriptors.__main__ import main
 from stages.descriptors.bank import BankError, ConceptEntry, load_bank
@@ -351,3 +352,105 @@ def test_transformers_backend_reports_a_missing_package(tmp_path: Path, capsys: 
     argv = ["generate", "--backend", "transformers", "--model", "some/model", "--concepts", "background"]
     assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 1
     assert "needs the `transformers` package" in capsys.readouterr().err
+
+
+# --- structured output, retries, endpoint faults (issue 13) ----------------------------------
+
+
+def test_requests_ask_for_json_items_and_step3_needs_one_slot(tmp_path: Path) -> None:
+    with FakeLLMServer() as server:
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1") == 0
+    keywords, descriptors = server.requests
+    assert keywords["messages"][0]["role"] == "system" and keywords["messages"][-1]["content"] == keywords_prompt(
+        "background")  # the paper's prompt, verbatim
+    schema = keywords["response_format"]["json_schema"]["schema"]
+    assert keywords["response_format"]["type"] == "json_schema"
+    assert schema["properties"]["items"]["maxItems"] == 20 and schema["required"] == ["items"]
+    item = descriptors["response_format"]["json_schema"]["schema"]["properties"]["items"]["items"]
+    assert re.fullmatch(item["pattern"], "{} in the snow.") and not re.fullmatch(item["pattern"], "in the snow.")
+    assert not re.fullmatch(item["pattern"], "{} and {}.")
+    bank = load_bank(tmp_path / "bank" / "v1.json")
+    assert bank.concepts["background"].descriptors == [
+        "{} with snow in the background.", "{} with beach in the background.", "{} with forest in the background.",
+        "{} with city streets in the background."]
+    assert {r["protocol"] for r in bank.raw_responses} == {"json_schema"}
+
+
+@pytest.mark.parametrize("accepts,used", [(("json_object",), "json_object"), ((), "numbered")])
+def test_a_server_without_json_schema_falls_back(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 accepts: tuple[str, ...], used: str) -> None:
+    with FakeLLMServer(accepts=accepts) as server:
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "2") == 0
+        refused = 2 - len(accepts)  # each refused format is asked once, then never again
+        assert len(server.requests) == refused + 3
+        assert [r.get("response_format", {}).get("type") for r in server.requests[refused:]] == [
+            None if used == "numbered" else used] * 3
+        err = capsys.readouterr().err
+        assert f"the endpoint {server.url} refused response_format json_schema (HTTP 500: " in err
+        assert "'literal_error', 'loc': ('body', 'response_format', 'type')" in err
+        assert ("asking for a numbered list instead" if used == "numbered" else
+                "asking with response_format json_object instead") in err
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "2") == 0  # rerun: all cached
+        assert len(server.requests) == refused + 3
+    assert {r["protocol"] for r in load_bank(tmp_path / "bank" / "v1.json").raw_responses} == {used}
+
+
+def test_malformed_answer_is_asked_again_with_a_fresh_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def flaky(request: dict) -> str:
+        if "Design a prompt" in prompt_of(request) and request["seed"] < 2000:
+            return json.dumps({"items": ["in the snow."]})  # no slot: refused after parsing too
+        return protocol_answer(request)
+
+    with FakeLLMServer(flaky) as server:
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1") == 0
+        assert [r["seed"] for r in server.requests] == [0, 0, 1000, 2000]
+    err = capsys.readouterr().err
+    assert ("step 3 (descriptors), concept 'background', run 1: malformed answer (descriptor 'in the snow.' is "
+            "missing the class slot") in err
+    assert "asking again with a fresh seed (attempt 2/3)" in err and "(attempt 3/3)" in err
+    bank = load_bank(tmp_path / "bank" / "v1.json")
+    assert [r.get("attempt", 0) for r in bank.raw_responses] == [0, 0, 1, 2]
+
+    with FakeLLMServer(flaky) as server:
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1", "--attempts", "2",
+                        out="bank/v2.json") == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: step 3 (descriptors), concept 'background': descriptor 'in the snow.' is missing "
+                          "the class slot")
+    assert "(attempt 2 of 2). The answer is cached as" in err
+
+
+def test_hanging_server_is_retried_with_a_visible_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert GenerateConfig("openai", "m").timeout == 60.0
+    with FakeLLMServer() as server:
+        server.fail_next(Reply(200, {}, delay_s=1.5))
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1", "--timeout", "0.5",
+                        "--max-retries", "1") == 0
+    assert f"the endpoint {server.url} did not answer within 0.5 s; retry 1/1 in 0.5 s" in capsys.readouterr().err
+
+
+def test_html_answer_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeLLMServer() as server:
+        server.fail_next(html_reply())
+        assert generate(server, tmp_path, "--concepts", "background") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: step 2 (keywords), concept 'background', run 1: the endpoint {server.url} "
+                              "answered HTTP 200 with a non-JSON body ('<!DOCTYPE html><html><body><h1>Welcome to nginx!")
+    assert "is --base-url the OpenAI-compatible API root" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
+    with FakeLLMServer() as first, FakeLLMServer() as second:
+        assert generate(first, tmp_path, "--concepts", "background", "--runs", "1") == 0
+        assert generate(second, tmp_path, "--concepts", "background", "--runs", "1", out="bank/v2.json") == 0
+        assert len(first.requests) == len(second.requests) == 2  # the new endpoint is asked, not replayed
+
+
+def test_import_published_without_slot_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "published.json"
+    source.write_text(json.dumps({"source": "x", "concepts": {"background": ["[class] in the snow", "on a beach"]}}))
+    assert main(["import-published", str(source), "--model", "m", "--out", str(tmp_path / "b.json")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {source}: concepts.background[1]: descriptor 'on a beach' is missing the class slot: expected the "
+        "base prompt 'a photo of a [class]' with a postfix, e.g. 'a photo of a [class] in the snow.'")

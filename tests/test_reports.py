@@ -44,6 +44,14 @@ def test_table2_paper_numbers_and_seed_statistics(paper: WorkflowConfig) -> None
     assert next(r for r in table.rows if r.labels == ["ViT-L-14", "Lipsum-FT"]).stats["IN"].paper is None
 
 
+def test_single_seed_cell_prints_the_value_alone(paper: WorkflowConfig) -> None:
+    for cell in plan.table_cells(paper, 2):
+        if cell.run.method == "starft" and cell.run.model.name == "ViT-B-16" and cell.seed == 0:
+            write_metrics(cell.eval_path(paper.results, "imagenet"), top1=0.80)
+    text = markdown(build_table(paper, 2))
+    assert "| ViT-B-16 | StarFT | 80.00 (n=1) [82.90, -2.90] |" in text  # not "80.00 ± 0.00"
+
+
 def test_table8_picks_best_alpha_on_id(paper: WorkflowConfig) -> None:
     for cell in plan.table_cells(paper, 8):
         if cell.run.method == "flyp" and cell.alpha is not None:

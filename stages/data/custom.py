@@ -5,7 +5,8 @@ evaluate it with the benchmarks ``imagefolder-val`` / ``imagefolder-test``. Ever
 class the same way: the class order is the sorted union of the class folders of all splits
 (``train``, ``val``, ``test``, ...), unless ``classnames.json`` (``{"folder": "display name"}``)
 gives the order and the names; names default to the folder name with ``_`` as spaces.
-``templates.txt`` (one prompt per line, ``{c}`` for the class name) sets the evaluation prompts
+An empty class folder is refused, naming it (it would become a class without images, with its
+own label and head row). ``templates.txt`` (one prompt per line, ``{c}`` for the class name) sets the evaluation prompts
 (default: "a photo of a {c}."); the training caption stays ``data.caption_template``.
 """
 
@@ -68,4 +69,4 @@ def imagefolder(root: Path, split: str) -> LabeledImages:
     templates = _templates(base)
     extra = {"templates": templates} if templates else {}
     return folder_dataset("imagefolder", split_folder, {folder: label for label, folder in enumerate(folders)}, names,
-                          **extra)
+                          allow_empty=False, **extra)

@@ -140,13 +140,14 @@ def _image_files(folder: Path) -> list[str]:
 
 
 def class_folders(
-    name: str, base: Path, label_of: dict[str, int], ignore: Iterable[str] = ()
+    name: str, base: Path, label_of: dict[str, int], ignore: Iterable[str] = (), allow_empty: bool = True
 ) -> tuple[list[str], list[int]]:
     """Relative image paths and labels of ``base/<class folder>/<image>``.
 
     `label_of` maps every known folder name to its label; an unknown folder is an error (it would
-    otherwise shift or drop labels silently), `ignore` lists folders to skip. Folders are visited
-    in sorted order and files sorted within each, so the order is deterministic.
+    otherwise shift or drop labels silently), `ignore` lists folders to skip, and with
+    `allow_empty` False a class folder without images is an error. Folders are visited in sorted
+    order and files sorted within each, so the order is deterministic.
     """
     ignored = set(ignore)
     with os.scandir(base) as entries:
@@ -161,6 +162,11 @@ def class_folders(
     labels: list[int] = []
     for folder in folders:
         files = _image_files(base / folder)
+        if not files and not allow_empty:
+            raise DatasetError(
+                f"{name}: class folder {base / folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); an empty class "
+                "would still get a label and a head row. Put its images in it, or delete the folder from every split"
+            )
         paths += [f"{folder}/{file}" for file in files]
         labels += [label_of[folder]] * len(files)
     if not paths:
@@ -169,10 +175,11 @@ def class_folders(
 
 
 def folder_dataset(
-    name: str, base: Path, label_of: dict[str, int], names: list[str], ignore: Iterable[str] = (), **metadata: Any
+    name: str, base: Path, label_of: dict[str, int], names: list[str], ignore: Iterable[str] = (),
+    allow_empty: bool = True, **metadata: Any
 ) -> LabeledImages:
-    """A ``LabeledImages`` over ``base/<class folder>/<image>`` with labels from `label_of`."""
-    paths, labels = class_folders(name, base, label_of, ignore)
+    """A ``LabeledImages`` over ``base/<class folder>/<image>`` with labels from `label_of` (see `class_folders`)."""
+    paths, labels = class_folders(name, base, label_of, ignore, allow_empty)
     return LabeledImages(name=name, classnames=names, images=PathList(base, paths), labels=labels, metadata=dict(metadata))
 
 

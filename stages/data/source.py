@@ -15,11 +15,13 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported by the stages that batch images, not by listing or checking them
+    import torch
 
 ImageRef = Union[Path, np.ndarray]
 DatasetBuilder = Callable[..., "LabeledImages"]  # (root, split, **options)
@@ -97,8 +99,12 @@ def load_image(ref: ImageRef) -> Image.Image:
         raise DatasetError(f"cannot read image {ref}: {error}. Re-extract or replace this file") from error
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Transforms the images of a ``LabeledImages``; yields ``{"image", "label", "index"[, "group"]}``."""
+class ImageDataset:
+    """Transforms the images of a ``LabeledImages``; yields ``{"image", "label", "index"[, "group"]}``.
+
+    A map-style dataset for ``torch.utils.data.DataLoader`` (which needs only ``__len__`` and
+    ``__getitem__``), so that importing the adapters does not import torch.
+    """
 
     def __init__(self, source: LabeledImages, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.source = source

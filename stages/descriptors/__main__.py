@@ -19,6 +19,7 @@ from stages.descriptors.generate import (
     BACKENDS,
     DEFAULT_CACHE_DIR,
     DEFAULT_OPENAI_MODEL,
+    PROTOCOLS,
     GenerateConfig,
     generate_bank,
     import_published,
@@ -59,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-tokens", type=_positive_int, default=512)
     gen.add_argument("--batch-size", type=_positive_int, default=10, help="keywords per step-3 request")
     gen.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="answer cache (default .cache/llm)")
-    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request attempt")
-    gen.add_argument("--max-retries", type=int, default=5, help="client retries on 429, 5xx and timeouts")
-    gen.add_argument("--out", type=Path, required=True, help="bank file, e.g. descriptor_banks/gpt-3.5-turbo/v1.json")
+    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request attempt (default 60)")
+    gen.add_argument("--max-retries", type=int, default=5,
+                     help="retries on 429, 5xx, timeouts and connection errors, one line each (default 5)")
+    gen.add_argument("--attempts", type=_positive_int, default=3,
+                     help="times a malformed answer is asked, each with a fresh seed (default 3)")
+    gen.add_argument("--protocol", choices=PROTOCOLS, default="json",
+                     help="json: structured output (response_format JSON schema) where the server supports it, "
+                     "else numbered lists; numbered: the paper's numbered lists only (default json)")
+    gen.add_argument("--out", type=Path, required=True,
+                     help="bank file to write, e.g. descriptor_banks/<model>/v1.json (a new file, or the same bank)")
 
     val = commands.add_parser("validate", help="check bank files: schema, one {} per template, sha256")
     val.add_argument("files", type=Path, nargs="+")
@@ -91,6 +99,8 @@ def _generate(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         timeout=args.timeout,
         max_retries=args.max_retries,
+        attempts=args.attempts,
+        protocol=args.protocol,
     )
     start = time.perf_counter()
     bank, chat = generate_bank(config)

@@ -1,7 +1,9 @@
 """Turn LLM answers into clean concept names, keywords and descriptor templates.
 
-Every answer is expected to be a numbered list (the prompts end with ``Answer: 1.``, so an answer
-may also start directly with item 1's text and continue with ``2.``). Items are cleaned
+An answer is either JSON ``{"items": [...]}`` (structured output: the generator asks for it with a
+JSON schema where the server supports one) or a numbered list (the paper's protocol: the prompts
+end with ``Answer: 1.``, so an answer may also start directly with item 1's text and continue
+with ``2.``); `answer_items` reads both. Items are cleaned
 (markdown, quotes, whitespace), deduplicated case-, whitespace-, punctuation- and simple-plural-
 insensitively keeping the first spelling, and descriptors become templates with exactly one
 ``{}`` that stands for the base caption ``"a photo of a [class]"``:
@@ -12,6 +14,7 @@ Anything unusable raises `ParseError`, whose message names the step and the conc
 
 from __future__ import annotations
 
+import json
 import re
 
 from stages.descriptors.bank import check_template
@@ -20,10 +23,12 @@ from stages.descriptors.prompts import STEP_CONCEPTS, STEP_DESCRIPTORS, STEP_KEY
 _NUMBERED = re.compile(r"^\s*(?:[-*]\s*)?(?:\*\*)?(\d{1,3})\s*[.)](?:\*\*)?\s*(.*?)\s*$")
 _QUOTES = "\"'`“”‘’«»"
 _EXPLANATION = re.compile(r"\s*(?::\s|\s[-–—]\s|\s\().*$")
-_BASE_CAPTION = re.compile(r"\ba\s+photo\s+of\s+an?\s+[\[<{]\s*class(?:\s*name)?\s*[\]>}]", re.IGNORECASE)
+_BASE_CAPTION = re.compile(r"\ba\s+photo\s+of\s+an?\s+(?:[\[<{]\s*class(?:\s*name)?\s*[\]>}]|\{\})", re.IGNORECASE)
 _CLASS_SLOT = re.compile(r"[\[<{]\s*class(?:\s*name)?\s*[\]>}]", re.IGNORECASE)
 _PUNCTUATION = re.compile(r"[^\w\s]")
 TEMPLATE_SLOT = "{}"
+_SLOT_MARK = "\0"
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
 class ParseError(ValueError):
@@ -57,7 +62,8 @@ def numbered_items(text: str, *, step: str, concept: str | None, max_items: int 
         items = [(1, lines[0].strip())]
     if not items:
         raise ParseError(
-            step, concept, f"the answer has no numbered items (expected '1. ...', '2. ...'): {_preview(text)}"
+            step, concept, "the answer has no numbered items (expected '1. ...', '2. ...', or JSON "
+            f'{{"items": [...]}}): {_preview(text)}'
         )
     if max_items is not None and len(items) > max_items:
         raise ParseError(
@@ -66,6 +72,33 @@ def numbered_items(text: str, *, step: str, concept: str | None, max_items: int 
             f"the answer has {len(items)} numbered items but {max_items} were asked for: {_preview(text)}",
         )
     return [item for _, item in items]
+
+
+def answer_items(text: str, *, step: str, concept: str | None, max_items: int | None = None) -> list[str]:
+    """The items of a JSON answer ``{"items": [str, ...]}`` (or a bare JSON list), else of a numbered list.
+
+    A server that ignores ``response_format`` answers in free text, so a non-JSON answer is read
+    as a numbered list (`numbered_items`). Raises `ParseError` for JSON of another shape, too many
+    items, or text that is neither.
+    """
+    body = _FENCE.sub(r"\1", text.strip())
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError:
+        try:
+            return numbered_items(text, step=step, concept=concept, max_items=max_items)
+        except ParseError:
+            if body.startswith(("{", "[")):
+                raise ParseError(step, concept, f"the JSON answer is cut short or malformed: {_preview(text)}") from None
+            raise
+    items = payload.get("items") if isinstance(payload, dict) else payload
+    if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+        raise ParseError(step, concept, f'the JSON answer is not {{"items": ["...", ...]}} (a non-empty list of '
+                         f"strings): {_preview(text)}")
+    if max_items is not None and len(items) > max_items:
+        raise ParseError(step, concept, f"the answer has {len(items)} items but {max_items} were asked for: "
+                         f"{_preview(text)}")
+    return items
 
 
 def clean_item(item: str) -> str:
@@ -120,21 +153,21 @@ def dedupe(items: list[str], *, step: str, concept: str | None) -> list[str]:
 
 def parse_concepts(text: str) -> list[str]:
     """Step 1: lower-case concept names such as ``background``, deduplicated."""
-    items = numbered_items(text, step=STEP_CONCEPTS, concept=None)
+    items = answer_items(text, step=STEP_CONCEPTS, concept=None)
     return dedupe([clean_keyword(item).lower() for item in items], step=STEP_CONCEPTS, concept=None)
 
 
 def parse_keywords(text: str, *, concept: str, asked: int) -> list[str]:
     """Step 2: the keywords of one run (at most `asked`), cleaned and deduplicated."""
-    items = numbered_items(text, step=STEP_KEYWORDS, concept=concept, max_items=asked)
+    items = answer_items(text, step=STEP_KEYWORDS, concept=concept, max_items=asked)
     return dedupe([clean_keyword(item) for item in items], step=STEP_KEYWORDS, concept=concept)
 
 
 def to_template(descriptor: str) -> str:
     """Convert one step-3 descriptor to a template with exactly one ``{}``.
 
-    The base caption ``a photo of a [class]`` (any case, ``a``/``an``, ``[class]``, ``{class}``
-    or ``<class>``) becomes ``{}``; a lone class slot also becomes ``{}`` (the paper's Table 15
+    The base caption ``a photo of a [class]`` (any case, ``a``/``an``, ``[class]``, ``{class}``,
+    ``<class>`` or ``{}``) becomes ``{}``; a lone class slot also becomes ``{}`` (the paper's Table 15
     writes ``[class] in the snow``); a ``{}`` already present counts as a slot. A leading
     ``keyword:`` label is dropped and a final full stop added. Raises ValueError when the result
     has no slot, several slots, or stray braces.
@@ -143,10 +176,9 @@ def to_template(descriptor: str) -> str:
     label, colon, rest = text.partition(": ")
     if colon and not _CLASS_SLOT.search(label) and _CLASS_SLOT.search(rest):
         text = rest
-    slots = text.count(TEMPLATE_SLOT) + len(_BASE_CAPTION.findall(text))
-    text = _BASE_CAPTION.sub(TEMPLATE_SLOT, text)
-    slots += len(_CLASS_SLOT.findall(text))
-    text = _CLASS_SLOT.sub(TEMPLATE_SLOT, text)
+    text = _CLASS_SLOT.sub(_SLOT_MARK, _BASE_CAPTION.sub(_SLOT_MARK, text))
+    slots = text.count(_SLOT_MARK) + text.count(TEMPLATE_SLOT)
+    text = text.replace(_SLOT_MARK, TEMPLATE_SLOT)
     if slots == 0:
         raise ValueError(
             f"descriptor {descriptor!r} is missing the class slot: expected the base prompt "
@@ -161,7 +193,7 @@ def to_template(descriptor: str) -> str:
 
 def parse_descriptors(text: str, *, concept: str, asked: int) -> list[str]:
     """Step 3: one template per non-empty item (at most `asked`), deduplicated."""
-    items = numbered_items(text, step=STEP_DESCRIPTORS, concept=concept, max_items=asked)
+    items = answer_items(text, step=STEP_DESCRIPTORS, concept=concept, max_items=asked)
     templates = []
     for item in filter(clean_item, items):
         try:

@@ -9,10 +9,15 @@ schemas. The tiny architectures under ``stages/models/configs/`` are registered 
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import open_clip
 import torch
@@ -54,15 +59,66 @@ class ClipBundle:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+ACCEPTED_WEIGHTS = ("a PyTorch state dict or checkpoint saved with torch.save (.pt/.pth/.bin; a dict of tensors, "
+                    "or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
+
+
+def read_checkpoint(path: Path, *, weights_only: bool = True) -> Any:
+    """`torch.load` a file (a ``.safetensors`` file with safetensors); a broken file is one-line `ModelLoadError`.
+
+    The error names the file, says it is not a checkpoint / state dict / safetensors file, and
+    lists the accepted formats: never torch's advice to retry with ``weights_only=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(path, device="cpu")
+            except SafetensorError as error:
+                raise ValueError(str(error)) from error
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if reason.startswith("Weights only load failed"):
+            reason = "it holds Python objects besides tensors, which are never unpickled"
+        raise ModelLoadError(
+            f"{path} is not a readable checkpoint, state dict or safetensors file ({reason[:160]}); "
+            f"accepted: {ACCEPTED_WEIGHTS}"
+        ) from None
+
+
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a raw state dict or from one of our checkpoint files."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a state dict from a raw state dict, a safetensors file or one of our checkpoint files."""
+    payload = read_checkpoint(path)
     if isinstance(payload, dict) and "state_dict" in payload:
         payload = payload["state_dict"]
     if not isinstance(payload, dict):
-        raise ModelLoadError(f"{path} does not hold a state dict (found {type(payload).__name__})")
+        raise ModelLoadError(f"{path} does not hold a state dict (found {type(payload).__name__}); "
+                             f"accepted: {ACCEPTED_WEIGHTS}")
     # Checkpoints saved from DataParallel/DDP wrappers carry a 'module.' prefix.
     return {key.removeprefix("module."): value for key, value in payload.items()}
+
+
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    """Logging filter: False for open_clip's "No pretrained weights loaded ... initialized randomly"."""
+    return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _no_random_init_warning(active: bool) -> Iterator[None]:
+    """Silence open_clip's random-initialisation warning while building a model whose weights we load next."""
+    root = logging.getLogger()
+    if active:
+        root.addFilter(_drop_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_warning)
 
 
 def create_clip(
@@ -87,12 +143,13 @@ def create_clip(
     if local_file is not None and not local_file.is_file():
         raise ModelLoadError(f"pretrained checkpoint file {local_file} does not exist")
     try:
-        model = open_clip.create_model(
-            name,
-            pretrained=None if local_file is not None else tag,
-            cache_dir=cache_dir,
-            require_pretrained=tag is not None and local_file is None,
-        )
+        with _no_random_init_warning(local_file is not None):
+            model = open_clip.create_model(
+                name,
+                pretrained=None if local_file is not None else tag,
+                cache_dir=cache_dir,
+                require_pretrained=tag is not None and local_file is None,
+            )
     except RuntimeError as error:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
         raise ModelLoadError(

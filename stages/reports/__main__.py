@@ -18,11 +18,6 @@ from pathlib import Path
 import yaml
 
 from stages.config import ConfigError, GradcamFigureSpec, validate_workflow_config
-from stages.data.source import DatasetError
-from stages.models.factory import ModelLoadError
-from stages.reports.figures import build_figure, write_figure
-from stages.reports.results import write_all_results
-from stages.reports.tables import build_table, write_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.table and not args.figure and not args.all_results:
         parser.error("give --table, --figure and/or --all-results")
+    # Imported after parsing, so that --help does not wait for torch and matplotlib.
+    from stages.data.source import DatasetError
+    from stages.models.factory import ModelLoadError
+    from stages.reports.figures import build_figure, write_figure
+    from stages.reports.results import write_all_results
+    from stages.reports.tables import build_table, write_table
+
     try:
         config = validate_workflow_config(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
         for number in args.table:

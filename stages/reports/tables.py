@@ -235,14 +235,15 @@ def markdown(table: Table) -> str:
     spec = table.spec
     header = [SLOT_HEADERS[slot] for slot in spec.rows] + table.columns
     lines = [f"# {spec.title}", ""]
-    lines.append("Ours: mean ± std over seeds (n seeds when fewer than planned)"
+    lines.append("Ours: mean ± std over seeds (the value alone from one seed; n seeds when fewer than planned)"
                  + ("; paper's number and ours − paper in brackets." if spec.paper else ".") + " — = missing.")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
         cells = []
         for label in table.columns:
             stat = row.stats[label]
-            text = "—" if stat.mean is None else f"{stat.mean:.2f}" + ("" if stat.derived else f" ± {stat.std:.2f}")
+            spread = not stat.derived and len(stat.values) > 1  # one seed: the value alone, no "± 0.00"
+            text = "—" if stat.mean is None else f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if spread else "")
             if stat.values and len(stat.values) < row.seeds and not stat.derived:
                 text += f" (n={len(stat.values)})"
             if spec.paper:

@@ -1,9 +1,12 @@
 """``python -m stages.training --config CONFIG.yaml [--out RUN_DIR] [--set key=value ...] [--print-config]``.
 
-Trains one run into RUN_DIR (default: the templated run-directory path of DESIGN.md under
-``--results``), resuming from ``RUN_DIR/ckpt/last.pt`` when present and doing nothing when
-``RUN_DIR/best.pt`` already exists. ``--print-config`` prints the resolved config (every field,
-defaults filled in) as YAML and exits; the fields and their defaults are listed below.
+Trains one run into RUN_DIR (default: the templated run-directory path under ``--results``),
+resuming from ``RUN_DIR/ckpt/last.pt`` (or ``ckpt/prev.pt`` if last.pt is corrupt) when present.
+When ``RUN_DIR/best.pt`` exists the run is finished: the same config does nothing, another config
+is refused with the fields that differ (use another --out, or --force to retrain it). Before
+training, every train image is checked (data.check: header, decode or none). ``--print-config``
+prints the resolved config (every field, defaults filled in) as YAML and exits; the fields and
+their defaults are listed below.
 """
 
 from __future__ import annotations
@@ -16,11 +19,6 @@ import yaml
 from pydantic import BaseModel
 
 from stages.config import ConfigError, TrainConfig, load_train_config
-from stages.data.source import DatasetError
-from stages.descriptors.bank import BankError
-from stages.models.factory import ModelLoadError
-from stages.training.distributed import LaunchError
-from stages.training.loop import train
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -59,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain from scratch even if RUN_DIR holds a finished run (of this or another config)")
     args = parser.parse_args(argv)
     if args.config is None and (not args.print_config or args.overrides):
         parser.error("--config is required (--print-config alone prints the defaults)")
+    # Imported after parsing, so that --help does not wait for torch and open_clip.
+    from stages.data.source import DatasetError
+    from stages.descriptors.bank import BankError
+    from stages.models.factory import ModelLoadError
+    from stages.training.distributed import LaunchError
+    from stages.training.loop import train
+
     try:
         config = TrainConfig() if args.config is None else load_train_config(args.config,
                                                                                parse_overrides(args.overrides))
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
             return 0
         run_dir = args.out or config.run_dir(args.results)
-        best = train(config, run_dir)
+        best = train(config, run_dir, force=args.force)
     except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

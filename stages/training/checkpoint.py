@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
-from stages.models.factory import ClipBundle, ModelLoadError, create_clip
+from stages.models.factory import ClipBundle, ModelLoadError, create_clip, read_checkpoint
 
 BEST = "best.pt"
 LAST = Path("ckpt") / "last.pt"
+PREV = Path("ckpt") / "prev.pt"
+"""The checkpoint before ``last.pt``: moved aside just before a new ``last.pt`` is written."""
 
 
 @dataclass
@@ -51,7 +53,7 @@ def load_trained(run_dir: Path, checkpoint: str = BEST, device: str | torch.devi
                 "(train it with `python -m stages.training --config CONFIG --out RUN_DIR`)"
             )
     run_config = json.loads(run_json.read_text())
-    payload = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(ckpt_path)
     bundle = create_clip(payload["model_name"], None, device="cpu")
     bundle.model.load_state_dict(payload["state_dict"])
     bundle.model.to(device)
@@ -64,3 +66,33 @@ def load_trained(run_dir: Path, checkpoint: str = BEST, device: str | torch.devi
         run_config=run_config,
         checkpoint_path=ckpt_path,
     )
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
+    """The resumable state of `run_dir`: ``ckpt/last.pt``, else ``ckpt/prev.pt`` (with a warning), else None.
+
+    A corrupt or truncated ``last.pt`` (full disk, copy cut short) falls back to ``prev.pt``; when
+    a checkpoint exists but none loads, `ModelLoadError` names the files and the fix.
+    """
+    run_dir = Path(run_dir)
+    problems = []
+    for relative in (LAST, PREV):
+        path = run_dir / relative
+        if not path.is_file():
+            continue
+        try:
+            # Our own file, with optimiser and RNG states (numpy, python) that weights_only refuses.
+            state = read_checkpoint(path, weights_only=False)
+        except ModelLoadError as error:
+            problems.append(str(error).split("; accepted:")[0])
+            continue
+        if not isinstance(state, dict) or "optimizer" not in state:
+            problems.append(f"{path} is not a resumable checkpoint (no optimiser state)")
+            continue
+        if problems:
+            print(f"warning: {problems[0]}; resuming from the previous checkpoint {path} instead")
+        return state
+    if problems:
+        raise ModelLoadError(f"cannot resume {run_dir}: {'; '.join(problems)}. Fix: delete {run_dir / LAST.parent} "
+                             "to restart this run from scratch (or restore the file)")
+    return None

@@ -23,16 +23,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
-from stages.config import TrainConfig, without_execution
-from stages.data.source import ImageDataset, LabeledImages, build_dataset, load_image
+from stages.config import ConfigError, TrainConfig, without_execution
+from stages.data.check import check_images
+from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset, load_image
 from stages.descriptors.bank import load_bank
 from stages.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from stages.models.factory import create_clip
 from stages.provenance import code_version, now, provenance
-from stages.training.checkpoint import BEST, LAST
+from stages.training.checkpoint import BEST, LAST, PREV, load_resume_state
 from stages.training.distributed import TrainingStep, init_distributed
 from stages.training.methods import Method, MethodContext, build_method
 from stages.training.tracking import Tracker
@@ -56,13 +57,25 @@ class TrainingSamples(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        """The sample, or ``{"corrupt": message}`` for an unreadable image (see `collate_samples`)."""
         epoch, index = key
         # fork_rng keeps the caller's global RNG untouched (workers=0 runs in the main process).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, epoch, index))
-            image = self.transform(load_image(self.source.images[index]))
+            try:
+                image = self.transform(load_image(self.source.images[index]))
+            except DatasetError as error:
+                return {"corrupt": str(error)}
             descriptor_index = int(torch.randint(self.num_descriptors, ()))  # uniform, as the official code
         return {"image": image, "label": self.source.labels[index], "descriptor_index": descriptor_index}
+
+
+def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch the readable samples; ``"corrupt"`` lists the unreadable ones' messages (raised or counted in the loop)."""
+    readable = [item for item in items if "corrupt" not in item]
+    batch = default_collate(readable) if readable else {}
+    batch["corrupt"] = [item["corrupt"] for item in items if "corrupt" in item]
+    return batch
 
 
 class EpochSampler(Sampler):
@@ -149,9 +162,69 @@ def _weights_payload(method: Method, config: TrainConfig, step: int) -> dict[str
             "method": config.method, "step": step}
 
 
-def _same_run(saved: dict[str, Any] | None, current: dict[str, Any]) -> bool:
-    """Whether a checkpoint's config describes this run (execution settings aside: config.EXECUTION_FIELDS)."""
-    return saved is not None and without_execution(saved) == without_execution(current)
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"optim.lr: 0.001 -> 0.0005"`` for every field (dotted) where the runs differ (config.EXECUTION_FIELDS aside)."""
+    old, new = _flatten(without_execution(saved)), _flatten(without_execution(current))
+    return [f"{key}: {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)]
+
+
+def _finished(run_dir: Path, config: TrainConfig, force: bool) -> bool:
+    """Whether `run_dir` already holds this run's best.pt; refuse another config's; clear it all under `force`."""
+    if not (run_dir / BEST).is_file():
+        return False
+    if force:
+        print(f"--force: retraining {run_dir} from scratch")
+        for relative in (BEST, LAST, PREV, BEST_VAL, LOG):
+            (run_dir / relative).unlink(missing_ok=True)
+        return False
+    run_json = run_dir / "run.json"
+    saved = json.loads(run_json.read_text())["config"] if run_json.is_file() else None
+    changes = [] if saved is None else config_changes(saved, config.model_dump(mode="json"))
+    if changes:
+        raise ConfigError(f"{run_dir} holds a finished run of another config ({'; '.join(changes)}): pass another "
+                          "--out for the new config, or --force to retrain this directory with it")
+    print(f"{run_dir / BEST} exists: run already finished, nothing to do")
+    return True
+
+
+def _check_train_images(source: LabeledImages, config: TrainConfig) -> None:
+    """The pre-training image check (data.check); unreadable files stop the run unless data.skip_corrupt."""
+    bad = check_images(source, decode=config.data.check == "decode")
+    if not bad:
+        return
+    listing = f"{len(bad)} unreadable training image(s), e.g. {bad[0][0]} ({bad[0][1]})"
+    if config.data.skip_corrupt:
+        print(f"warning: {listing}: data.skip_corrupt is set, they will be skipped")
+        return
+    raise DatasetError(
+        f"{listing}. Fix: replace them (list all with `python -m stages.data check --dataset {config.data.train_set} "
+        f"--data-root {config.data.data_root} --split {config.data.train_split}`), or set data.skip_corrupt: true"
+    )
+
+
+def _drop_corrupt(group: list[dict[str, Any]], config: TrainConfig, skipped: list[str]) -> list[dict[str, Any]]:
+    """The micro-batches without their unreadable images (recorded in `skipped`), or a `DatasetError` for the first."""
+    kept = []
+    for batch in group:
+        corrupt = batch.pop("corrupt")
+        if corrupt and not config.data.skip_corrupt:
+            raise DatasetError(f"{corrupt[0]} (or set data.skip_corrupt: true to skip and count unreadable images)")
+        skipped += corrupt
+        if "label" in batch:
+            kept.append(batch)
+    return kept
 
 
 @torch.no_grad()
@@ -169,15 +242,15 @@ def _validate(method: Method, loader: DataLoader, device: torch.device) -> float
     return int(correct) / max(1, total)
 
 
-def train(config: TrainConfig, run_dir: Path) -> Path:
+def train(config: TrainConfig, run_dir: Path, force: bool = False) -> Path:
     """Run (or resume, or skip if finished) one training run into `run_dir`; return the best.pt path.
 
-    Under torchrun every rank runs this function on its shard of each global batch; only rank 0
-    writes files.
+    A finished run of another config (execution-only settings aside) is refused with the
+    differing fields, unless `force` (retrain from scratch). Under torchrun every rank runs this
+    function on its shard of each global batch; only rank 0 writes files.
     """
     run_dir = Path(run_dir)
-    if (run_dir / BEST).is_file():
-        print(f"{run_dir / BEST} exists: run already finished, nothing to do")
+    if _finished(run_dir, config, force):
         return run_dir / BEST
     dist_info = init_distributed()
     device = _resolve_device(config)
@@ -189,6 +262,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     bundle = create_clip(config.model.name, config.model.pretrained, device=device)
     train_source = build_dataset(config.data.train_set, config.data.data_root, config.data.train_split,
                                  **config.data.dataset_options())
+    if config.data.check != "none" and dist_info.is_main:
+        _check_train_images(train_source, config)
     bank_sha256, descriptors = None, ["{}."]
     if config.method == "starft" and config.spurious.suffix == "spurious":
         bank = load_bank(config.spurious.bank)
@@ -247,8 +322,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
 
     # --- resume ------------------------------------------------------------------------------
     step, best_val = 0, -1.0
-    state = torch.load(run_dir / LAST, map_location="cpu", weights_only=True) if (run_dir / LAST).is_file() else None
-    if state is not None and not _same_run(state.get("config"), run_record["config"]):
+    state = load_resume_state(run_dir)
+    if state is not None and (state.get("config") is None or config_changes(state["config"], run_record["config"])):
         # Resuming someone else's optimiser state would silently mix two runs.
         print(f"{run_dir / LAST} was written by a different config: starting this run from scratch")
         state = None
@@ -278,6 +353,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
         payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), best_val=best_val,
                        teacher=method.teacher_state(), rng=_rng_states(), config=run_record["config"],
                        scaler=scaler.state_dict())
+        if (run_dir / LAST).is_file():  # keep the previous checkpoint: a corrupt last.pt falls back to it
+            os.replace(run_dir / LAST, run_dir / PREV)
         atomic_torch_save(run_dir / LAST, payload)
 
     # Loss terms are summed on the device and read (one host-device sync) only when a row is
@@ -309,6 +386,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
     training_step = TrainingStep(method, dist_info, device)  # DDP over the ranks (after resume: rank 0's weights)
 
     # --- the loop ----------------------------------------------------------------------------
+    skipped: list[str] = []
     method.train()
     progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} {run_dir.name}", unit="step",
                     disable=not writes)
@@ -319,7 +397,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             sampler = EpochSampler(len(samples), config.seed, epoch, start=step_in_epoch * optim.batch_size,
                                    rank=dist_info.rank, world_size=dist_info.world_size)
             loader = DataLoader(samples, batch_size=micro_batch, sampler=sampler, num_workers=config.data.workers,
-                                pin_memory=device.type == "cuda")
+                                pin_memory=device.type == "cuda", collate_fn=collate_samples)
             micro_batches = iter(loader)
             for _ in range(step_in_epoch, steps_per_epoch):
                 lam = (lambda_at(config.lam, config.spurious.decay, epoch, optim.epochs, step, total_steps)
@@ -329,6 +407,7 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:
                     break
+                group = _drop_corrupt(group, config, skipped)
                 for index, batch in enumerate(group):
                     batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
                     # DDP all-reduces the gradients in the last micro-batch's backward only.
@@ -370,6 +449,8 @@ def train(config: TrainConfig, run_dir: Path) -> Path:
             save_last()
     progress.close()
     tracker.close()
+    if skipped:
+        print(f"data.skip_corrupt: skipped {len(skipped)} unreadable training image loads")
 
     if config.select == "val":
         payload = torch.load(run_dir / BEST_VAL, map_location="cpu", weights_only=True)
