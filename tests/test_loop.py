@@ -148,7 +148,7 @@ def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
     teacher = dict(students[0])  # the teacher starts as the pretrained student
     for step, momentum in updates:
         teacher = {k: momentum * v + (1 - momentum) * students[step][k] for k, v in teacher.items()}
-    saved = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=False)["teacher"]
+    saved = torch.load(tmp_path / "run" / "ckpt" / "last.pt", weights_only=True)["teacher"]
     for key, value in teacher.items():
         torch.testing.assert_close(saved[key].double(), value, rtol=1e-6, atol=1e-7)
     assert any(not torch.equal(students[0][k], teacher[k]) for k in teacher)

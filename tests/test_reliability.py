@@ -109,7 +109,7 @@ def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pyte
     train(config, tmp_path / "straight")
     run = tmp_path / "run"
     train(config, run)
-    assert torch.load(run / PREV, weights_only=False)["step"] == 3  # the one before last.pt (step 4)
+    assert torch.load(run / PREV, weights_only=True)["step"] == 3  # the one before last.pt (step 4)
     (run / "best.pt").unlink()
     (run / LAST).write_bytes((run / LAST).read_bytes()[:1000])  # a copy cut short
     capsys.readouterr()

@@ -368,7 +368,7 @@ def test_two_task_srun_trains_like_one_process(slurm: Slurm, tmp_path: Path) -> 
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{slurm.logs()}"
     run = json.loads((tmp_path / "srun" / "run.json").read_text())
     assert run["world_size"] == 2
-    states = {name: torch.load(tmp_path / name / "ckpt" / "last.pt", weights_only=False) for name in ("single", "srun")}
+    states = {name: torch.load(tmp_path / name / "ckpt" / "last.pt", weights_only=True) for name in ("single", "srun")}
     logs = [[json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
             for name in ("single", "srun")]
     assert [row["step"] for row in logs[1]] == [row["step"] for row in logs[0]] == [1, 2]

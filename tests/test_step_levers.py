@@ -79,7 +79,7 @@ def test_fp16_trains_through_the_gradient_scaler_and_checkpoints_it(tmp_path: Pa
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows) and rows[0]["loss_star"] > 0
-    scaler = torch.load(tmp_path / "run" / LAST, weights_only=False)["scaler"]
+    scaler = torch.load(tmp_path / "run" / LAST, weights_only=True)["scaler"]
     # GradScaler's state (scale 2^16 halved on each overflowed step, doubled after 2000 good ones).
     assert scaler["scale"] in [2.0 ** k for k in range(17)] and scaler["_growth_tracker"] >= 0
     trained = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]

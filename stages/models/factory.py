@@ -63,7 +63,7 @@ ACCEPTED_WEIGHTS = ("a PyTorch state dict or checkpoint saved with torch.save (.
                     "or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
 
 
-def read_checkpoint(path: Path, *, weights_only: bool = True) -> Any:
+def read_checkpoint(path: Path) -> Any:
     """`torch.load` a file (a ``.safetensors`` file with safetensors); a broken file is one-line `ModelLoadError`.
 
     The error names the file, says it is not a checkpoint / state dict / safetensors file, and
@@ -81,7 +81,7 @@ def read_checkpoint(path: Path, *, weights_only: bool = True) -> Any:
                 return load_file(path, device="cpu")
             except SafetensorError as error:
                 raise ValueError(str(error)) from error
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if reason.startswith("Weights only load failed"):

@@ -81,8 +81,7 @@ def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
         if not path.is_file():
             continue
         try:
-            # Our own file, with optimiser and RNG states (numpy, python) that weights_only refuses.
-            state = read_checkpoint(path, weights_only=False)
+            state = read_checkpoint(path)  # RNG states are tensors and plain types: weights_only loads them
         except ModelLoadError as error:
             problems.append(str(error).split("; accepted:")[0])
             continue
