@@ -301,7 +301,11 @@ def render(plot: Plot) -> Figure:
 
 def write_figure(plot: Plot, out_dir: Path) -> Path:
     """Render `plot` to ``figure_<name>.png`` in `out_dir` atomically; return the path."""
-    path = Path(out_dir) / f"figure_{plot.name}.png"
-    figure = render(plot)
+    return save_png(render(plot), plot.name, out_dir)
+
+
+def save_png(figure: Figure, name: str, out_dir: Path) -> Path:
+    """Write a rendered figure to ``<out_dir>/figure_<name>.png`` atomically; return the path."""
+    path = Path(out_dir) / f"figure_{name}.png"
     atomic_write_binary(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
     return path

@@ -41,8 +41,8 @@ from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.run import EvalModel, classifier, load_pretrained, load_run
 from stages.evaluation.zeroshot import HeadCache
-from stages.io import atomic_write_binary
 from stages.models.factory import ClipBundle
+from stages.reports.figures import save_png
 from stages.reports.tables import display
 from stages.training.checkpoint import BEST
 
@@ -265,7 +265,4 @@ def render_gradcam(plot: GradcamPlot) -> Figure:
 
 def write_gradcam(plot: GradcamPlot, out_dir: Path) -> Path:
     """Render `plot` to ``figure_<name>.png`` in `out_dir` atomically; return the path."""
-    path = Path(out_dir) / f"figure_{plot.name}.png"
-    figure = render_gradcam(plot)
-    atomic_write_binary(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
-    return path
+    return save_png(render_gradcam(plot), plot.name, out_dir)
