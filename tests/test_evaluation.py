@@ -173,11 +173,12 @@ def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) ->
     assert payload["metrics"]["adjusted_mean"] == pytest.approx(adjusted)
 
 
-def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | None = None) -> None:
+def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | None = None,
+              perturbation: float = 0.01) -> None:
     """A run dir in the training stage's format: a perturbed TinyCLIP-test and optionally a head."""
     torch.manual_seed(0)
     bundle = create_clip(TINY, "none")
-    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in bundle.model.state_dict().items()}
+    state = {k: v + perturbation if v.is_floating_point() else v for k, v in bundle.model.state_dict().items()}
     head = None
     if head_classes is not None:
         weight = torch.randn(head_rows or len(head_classes), int(bundle.model.text_projection.shape[1]))
@@ -292,3 +293,33 @@ def test_cli_missing_data_root_is_a_clear_error(tmp_path: Path, capsys: pytest.C
                  "--model", TINY, "--pretrained", "none", "--workers", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "imagenet-r" in err and "Expected layout" in err and "hendrycks" in err
+
+
+def test_requests_equal_single_evaluations_and_keep_current_files(tmp_path: Path) -> None:
+    """One process for a run's benchmarks and alphas: the single-benchmark numbers, and no recomputation."""
+    fakes.waterbirds(tmp_path / "data", per_group=2)
+    fakes.pacs(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    _fake_run(run_dir, ["landbird", "waterbird"])
+    eval_dir = run_dir / "eval"
+
+    def requests(*names: str) -> dict:
+        assert main(["--requests", *names, "--eval-dir", str(eval_dir), "--data-root", str(tmp_path / "data"),
+                     "--run-dir", str(run_dir), "--workers", "0", "--device", "cpu"]) == 0
+        return json.loads((eval_dir / "index.json").read_text())
+
+    index = requests("waterbirds", "waterbirds@alpha0.5", "pacs@alpha0.5")
+    assert [row["computed"] for row in index["requests"]] == [True, True, True]
+    for name, extra in (("waterbirds", ()), ("waterbirds@alpha0.5", ("--alpha", "0.5")), ("pacs@alpha0.5", ("--alpha", "0.5"))):
+        single = _run_cli(tmp_path, run_dir, name.partition("@")[0], *extra)
+        together = json.loads((eval_dir / f"{name}.json").read_text())
+        assert together["metrics"] == single["metrics"] and together["groups"] == single["groups"], name
+        assert together["model"] | {"head": None} == single["model"] | {"head": None}
+    kept = {name: (eval_dir / f"{name}.json").read_bytes() for name in ("waterbirds", "waterbirds@alpha0.5")}
+    index = requests("waterbirds", "waterbirds@alpha0.5", "pacs")  # one new request: only it is computed
+    assert [row["computed"] for row in index["requests"]] == [False, False, True]
+    assert {name: (eval_dir / f"{name}.json").read_bytes() for name in kept} == kept
+    # A retrained run (another checkpoint) is evaluated afresh.
+    _fake_run(run_dir, ["landbird", "waterbird"], perturbation=0.02)
+    index = requests("waterbirds", "waterbirds@alpha0.5")
+    assert [row["computed"] for row in index["requests"]] == [True, True]
