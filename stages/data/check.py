@@ -16,16 +16,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from stages.data.source import LabeledImages
+from stages.data.source import ImageRef, LabeledImages
 
 CHUNK = 256
 """Images per thread-pool task (a million-image split is a few thousand tasks, not a million futures)."""
 
 
-def image_problem(path: Path, decode: bool) -> str | None:
-    """Why `path` cannot be used as an image (None when it can): header only, or a full decode."""
+def image_problem(ref: ImageRef, decode: bool) -> str | None:
+    """Why `ref` (a path, or a file inside a shard) cannot be used as an image (None when it can):
+    header only, or a full decode."""
     try:
-        with Image.open(path) as image:
+        with Image.open(ref if isinstance(ref, (str, Path)) else ref.open()) as image:
             if decode:
                 image.convert("RGB")
             elif image.width < 1 or image.height < 1:
@@ -36,11 +37,11 @@ def image_problem(path: Path, decode: bool) -> str | None:
 
 
 def check_images(source: LabeledImages, decode: bool = False, workers: int | None = None,
-                 progress: bool = False) -> list[tuple[Path, str]]:
-    """``(path, reason)`` for every unreadable image of `source`, in dataset order."""
-    paths = [Path(image) for image in source.images if not isinstance(image, np.ndarray)]
+                 progress: bool = False) -> list[tuple[ImageRef, str]]:
+    """``(image, reason)`` for every unreadable image of `source` (files and shard members), in dataset order."""
+    paths = [image for image in source.images if not isinstance(image, np.ndarray)]
     chunks = [paths[start:start + CHUNK] for start in range(0, len(paths), CHUNK)]
-    bad: list[tuple[Path, str]] = []
+    bad: list[tuple[ImageRef, str]] = []
     with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 2)) as pool, \
             tqdm(total=len(paths), desc=f"{'decode' if decode else 'header'} check {source.name}", unit="img",
                  disable=not progress or not paths) as bar:

@@ -89,7 +89,7 @@ def load_image(ref: ImageRef) -> Image.Image:
     """Open one image as RGB; a missing or corrupt file fails with its path (never skipped).
 
     Besides a path or an array, `ref` may be any object with an ``open()`` method returning a
-    binary file (e.g. ``stages.data.shards.TarMember``, an image inside a tar shard)."""
+    binary file (e.g. ``stages.data.formats.TarMember``, an image inside a tar shard)."""
     if isinstance(ref, np.ndarray):
         return Image.fromarray(ref).convert("RGB")
     try:
