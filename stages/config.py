@@ -71,17 +71,17 @@ class DataConfig(Strict):
     workers: int = Field(4, ge=0)
     csv: CsvOptions = Field(CsvOptions(), description="options of train_set: csv")
     webdataset: WebDatasetOptions = Field(WebDatasetOptions(), description="options of train_set: webdataset")
-
-    def dataset_options(self) -> dict[str, Any]:
-        """The options of ``train_set`` for ``stages.data.source.build_dataset`` (empty for other datasets)."""
-        options = {"csv": self.csv, "webdataset": self.webdataset}.get(self.train_set)
-        return options.model_dump() if options is not None else {}
     check: Literal["header", "decode", "none"] = Field(
         "header", description="before training, check every train image: header (fast, parallel), full decode, "
         "or none (same as `python -m stages.data check`)"
     )
     skip_corrupt: bool = Field(False, description="drop unreadable training images (counted in the log) instead of "
                                "stopping at the first one")
+
+    def dataset_options(self) -> dict[str, Any]:
+        """The options of ``train_set`` for ``stages.data.source.build_dataset`` (empty for other datasets)."""
+        options = {"csv": self.csv, "webdataset": self.webdataset}.get(self.train_set)
+        return options.model_dump() if options is not None else {}
 
 
 class SpuriousConfig(Strict):

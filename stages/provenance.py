@@ -49,9 +49,8 @@ def git_state() -> dict[str, Any]:
     return {"sha": sha, "dirty": None if status is None else bool(status)}
 
 
-def code_version() -> str:
-    """``stages@<short sha>`` (``+dirty`` with uncommitted changes), ``stages@unknown`` outside git."""
-    state = git_state()
+def code_version(state: dict[str, Any]) -> str:
+    """``stages@<short sha>`` (``+dirty`` with uncommitted changes) of a :func:`git_state`, or ``stages@unknown``."""
     if state["sha"] is None:
         return "stages@unknown"
     return f"stages@{state['sha'][:7]}{'+dirty' if state['dirty'] else ''}"

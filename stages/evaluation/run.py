@@ -95,10 +95,11 @@ class RunWeights:
     shares one model whose weights ``at`` rewrites: use one at a time.
     """
 
-    def __init__(self, run_dir: Path, checkpoint: str = BEST) -> None:
+    def __init__(self, run_dir: Path, checkpoint: str = BEST, sha256: str | None = None) -> None:
+        """`sha256`: the checkpoint's, when the caller has already hashed it (a ViT-L/14 file is 1.7 GB)."""
         self.run_dir, self.checkpoint = Path(run_dir), checkpoint
         self.trained = load_trained(self.run_dir, checkpoint)
-        self.sha256 = sha256_file(self.trained.checkpoint_path)
+        self.sha256 = sha256 or sha256_file(self.trained.checkpoint_path)
         # A copy: the model's own tensors are overwritten by each interpolation.
         self.finetuned = {key: value.clone() for key, value in self.trained.bundle.model.state_dict().items()}
         self._start: tuple[dict[str, torch.Tensor], torch.Tensor | None] | None = None
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def model_at(alpha: float | None) -> EvalModel:
                 nonlocal weights
-                weights = weights or RunWeights(args.run_dir, args.checkpoint)
+                weights = weights or RunWeights(args.run_dir, args.checkpoint, sha256)
                 return weights.at(alpha)
         else:
             cache = HeadCache(args.head_cache)

@@ -294,9 +294,11 @@ def train(config: TrainConfig, run_dir: Path, force: bool = False) -> Path:
 
     writes = dist_info.is_main
     run_dir.mkdir(parents=True, exist_ok=True)
+    facts = provenance()
     run_record = {
         "config": config.model_dump(mode="json"), "model": config.model.model_dump(mode="json"),
-        "method": config.method, "code_version": code_version(), "provenance": provenance(), "bank_sha256": bank_sha256,
+        "method": config.method, "code_version": code_version(facts["git"]), "provenance": facts,
+        "bank_sha256": bank_sha256,
         "num_descriptors": len(descriptors) if bank_sha256 else 0, "classnames": train_source.classnames,
         "train_size": len(train_source), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "device": str(device), "world_size": dist_info.world_size,
