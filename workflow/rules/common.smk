@@ -11,8 +11,6 @@ import shlex
 
 import yaml
 
-from stages.reports.figures import loss_inputs
-from stages.reports.gradcam import figure_inputs as gradcam_inputs
 
 # `python -m stages.training` options for the execution settings kept out of train.yaml (the same
 # for every run of the grid).
@@ -129,10 +127,16 @@ def figure_metrics(wildcards) -> list[str]:
     if wildcards.name not in WF.figures:
         raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
     figure = WF.figures[wildcards.name]
+    # Imported here, not at parse time: matplotlib, torch and grad-cam cost seconds per parse
+    # (and every cluster job parses the Snakefile again).
     if figure.kind == "loss":
+        from stages.reports.figures import loss_inputs
+
         return [(path.parent / "best.pt").as_posix() for path in loss_inputs(WF, figure)]
     if figure.kind == "gradcam":  # it runs the models on the benchmark's images (under data_root)
-        return [path.as_posix() for path in gradcam_inputs(WF, wildcards.name)]
+        from stages.reports.gradcam import figure_inputs
+
+        return [path.as_posix() for path in figure_inputs(WF, wildcards.name)]
     return [path.as_posix() for path in plan.table_indexes(WF, figure.table)]
 
 
