@@ -15,6 +15,7 @@ from snakemake.utils import min_version
 
 from stages import plan
 from stages.config import ConfigError, validate_workflow_config
+from stages.rundir import PATTERN, RunDir
 
 min_version("9.0")
 
@@ -43,8 +44,10 @@ RUNS = plan.runs_by_dir(WF)
 EVAL_REQUESTS = plan.eval_requests(WF)
 print("archs planned:", ", ".join(sorted({f"{run.model.name} ({run.model.pretrained})" for run in RUNS.values()})),
       file=sys.stderr)
-# One run directory, slot by slot (DESIGN.md): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>.
-RUN = "{arch}/{train_set}/{method}/{variant}/{bank_concept}/{lam}/{seed}"
+# One run directory, slot by slot (stages/rundir.py): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>,
+# and its files as wildcard patterns (RUN_DIR.best, RUN_DIR.train_yaml, ...); logs use the same slots.
+RUN = PATTERN
+RUN_DIR = RunDir(WF.results / "runs" / PATTERN)
 
 
 wildcard_constraints:

@@ -1,7 +1,9 @@
 """Pydantic models for everything a training run needs (one source of truth for the CLI and the workflow).
 
-Every model forbids unknown keys, so a typo in a YAML file is an error that names the field,
-not a silently ignored setting.
+Schema only: a run's directory is stages/rundir.py's, the workflow's grid expansion stages/plan.py's.
+Every model forbids unknown keys, so a typo in a YAML file is an error that names the field, not a
+silently ignored setting. Method names, their options blocks and their checks come from the method
+registry (stages/methods): a new method needs no change here.
 """
 
 from __future__ import annotations
@@ -11,19 +13,34 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, create_model, model_validator
 
-Method = Literal["zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"]
+from stages.methods import method_spec, option_models
+from stages.strict import Strict
+
 Concept = Literal["background", "texture", "resolution", "all"]
 Tracker = Literal["tensorboard", "wandb"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Suffix = Literal["spurious", "random", "none"]
+Decay = Literal["epoch", "step", "none"]
+Select = Literal["last", "val"]
+ImageCheck = Literal["header", "decode", "none"]
+
+
+def _registered(name: str) -> str:
+    method_spec(name)  # a ValueError listing the registered methods
+    return name
+
+
+# The JSON schema (workflow/schemas/config.schema.json) names no method, so that a new method module
+# changes no other file; pydantic checks the name and the options blocks against the registry.
+MethodName = Annotated[str, AfterValidator(_registered),
+                       WithJsonSchema({"type": "string", "description": "a registered method (stages/methods/)"})]
+"""A registered method's name (stages/methods)."""
 
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelConfig(Strict):
@@ -56,11 +73,9 @@ class WebDatasetOptions(Strict):
                                     "(default: <data_root>/webdataset/classnames.txt)")
 
 
-class DataConfig(Strict):
-    """Training data: a registered dataset under ``data_root`` and the caption it is trained with."""
+class DataSettings(Strict):
+    """What a train set's data is: splits, captions, format options (per train set in a workflow config)."""
 
-    train_set: str = "imagenet"
-    data_root: Path | None = None
     train_split: str = "train"
     val_split: str | None = Field(None, description="ID validation split for best-checkpoint selection")
     caption_template: str = Field("a photo of a {c}.", description="training caption; '{c}' is the class name")
@@ -68,15 +83,22 @@ class DataConfig(Strict):
         None, description="templates for zero-shot head init (FT, CAR-FT, Lipsum-FT) and CAR-FT contexts; "
         "default: the training caption only"
     )
-    workers: int = Field(4, ge=0)
     csv: CsvOptions = Field(CsvOptions(), description="options of train_set: csv")
     webdataset: WebDatasetOptions = Field(WebDatasetOptions(), description="options of train_set: webdataset")
-    check: Literal["header", "decode", "none"] = Field(
+    check: ImageCheck = Field(
         "header", description="before training, check every train image: header (fast, parallel), full decode, "
         "or none (same as `python -m stages.data check`)"
     )
     skip_corrupt: bool = Field(False, description="drop unreadable training images (counted in the log) instead of "
                                "stopping at the first one")
+
+
+class DataConfig(DataSettings):
+    """Training data: a registered dataset under ``data_root`` and the caption it is trained with."""
+
+    train_set: str = "imagenet"
+    data_root: Path | None = None
+    workers: int = Field(4, ge=0)
 
     def dataset_options(self) -> dict[str, Any]:
         """The options of ``train_set`` for ``stages.data.source.build_dataset`` (empty for other datasets)."""
@@ -84,18 +106,23 @@ class DataConfig(Strict):
         return options.model_dump() if options is not None else {}
 
 
-class SpuriousConfig(Strict):
-    """StarFT's spurious captions and the Table 6/7/9 switches."""
+class VariantSpec(Strict):
+    """The Table 6 switches of the spurious captions (a run-dir slot of the methods that use them)."""
 
-    bank: Path = Path("descriptor_banks/official-code.json")
-    concept: Concept = "background"
-    suffix: Literal["spurious", "random", "none"] = Field(
+    suffix: Suffix = Field(
         "spurious", description="spurious: bank descriptors; random: 3-8 random vocabulary words; none: clean captions"
     )
     mask: bool = Field(True, description="exclude same-class columns from both softmaxes (Eq. 2)")
-    decay: Literal["epoch", "step", "none"] = Field(
+    decay: Decay = Field(
         "epoch", description="λ_e = λ(1-(e+1)/E) per epoch (official code), per step, or constant"
     )
+
+
+class SpuriousConfig(VariantSpec):
+    """The spurious captions of the methods that use them (StarFT): bank, concept and the Table 6/7/9 switches."""
+
+    bank: Path = Path("descriptor_banks/official-code.json")
+    concept: Concept = "background"
 
 
 class OptimConfig(Strict):
@@ -118,42 +145,27 @@ class OptimConfig(Strict):
         return self
 
 
-class MethodOptions(Strict):
-    """Coefficients of the baselines, defaults from their papers/code."""
-
-    carft_weight: float = Field(1.0, ge=0)
-    carot_distill: float = Field(1.5, ge=0)
-    carot_cross_norm: float = Field(0.05, ge=0)
-    carot_orthogonality: float = Field(0.2, ge=0)
-    carot_ema_every: int = Field(500, ge=1, description="CaRot's ema_up_freq N: the EMA teacher is updated after "
-                                 "optimiser steps 1, 1+N, 1+2N, ... (its carot_loss.py)")
-    carot_momentum_start: float = Field(0.05, ge=0, le=1)
-    carot_momentum_end: float = Field(0.9, ge=0, le=1)
-    carot_momentum_warmup: float = Field(0.2, gt=0, le=1, description="fraction of steps over which momentum rises")
-    lipsum_weight: float = Field(1.0, ge=0)
-    lipsum_texts: int = Field(80, ge=1)
-    lipsum_tokens: int = Field(8, ge=1)
-    lipsum_weight_decay: float | None = Field(0.0, ge=0, description="AdamW weight decay of Lipsum-FT runs "
-                                              "(its code's default 0.0); null: the train set's optim.weight_decay")
+_OptionsModel = create_model(
+    "MethodOptions", __base__=Strict, __doc__="Each method's own coefficients (``options.<method>``), defaults "
+    "from its paper/code; a run reads only its method's block.",
+    **{name: (model, Field(default_factory=model, description=(model.__doc__ or "").strip().splitlines()[0]))
+       for name, model in option_models().items()},
+)
+MethodOptions = Annotated[
+    _OptionsModel,
+    WithJsonSchema({"type": "object", "description": "options.<method>: that method's coefficients (its options "
+                    "model in stages/methods/<method>.py)"}),
+]
 
 
-class TrainConfig(Strict):
-    """One training run: (model, data, method, spurious concept, λ, seed) and how to optimise it."""
+class RunSettings(Strict):
+    """How runs compute and execute, set alike for one run (TrainConfig) and for a workflow's whole grid."""
 
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    method: Method = "starft"
-    lam: float = Field(0.5, ge=0, description="λ of the Star term (Eq. 4)")
-    spurious: SpuriousConfig = SpuriousConfig()
-    optim: OptimConfig = OptimConfig()
-    options: MethodOptions = MethodOptions()
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp16: fp16 autocast with a gradient scaler "
         "(GPUs without bf16: V100, T4)"
     )
     device: str = "auto"
-    select: Literal["last", "val"] = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between resumable checkpoints")
     compile: bool = Field(False, description="torch.compile the image and text towers (same maths; minutes of "
                           "compilation, then faster steps on GPU)")
@@ -164,32 +176,28 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1, description="optimiser steps per train_log.jsonl row (loss terms averaged over "
                            "them; read from the device only then)")
 
+
+class TrainConfig(RunSettings):
+    """One training run: (model, data, method, spurious concept, λ, seed) and how to optimise it."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    method: MethodName = "starft"
+    lam: float = Field(0.5, ge=0, description="λ of the Star term (Eq. 4), for a method that uses λ")
+    spurious: SpuriousConfig = SpuriousConfig()
+    optim: OptimConfig = OptimConfig()
+    options: MethodOptions = Field(default_factory=_OptionsModel)
+    seed: int = 0
+    select: Select = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.select == "val" and self.data.val_split is None:
             raise ValueError("select: val needs data.val_split (the ID validation split)")
-        if self.method == "starft" and self.spurious.decay == "epoch" and self.optim.epochs == 1:
-            warnings.warn(
-                "starft with spurious.decay=epoch and optim.epochs=1 has no Star term at all "
-                "(λ_0 = λ(1-1/1) = 0); use epochs >= 2 or decay: step", stacklevel=2,
-            )
+        check = method_spec(self.method).check
+        for message in check(self) if check is not None else ():
+            warnings.warn(message, stacklevel=2)
         return self
-
-    def variant(self) -> str:
-        """The run-dir slot spelling the Table 6 switches (``-`` for methods without a Star term)."""
-        if self.method != "starft":
-            return "-"
-        mask = "on" if self.spurious.mask else "off"
-        return f"suffix-{self.spurious.suffix}_mask-{mask}_decay-{self.spurious.decay}"
-
-    def run_dir(self, results: Path = Path("results")) -> Path:
-        """``results/runs/<arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>``."""
-        pretrained = Path(self.model.pretrained).stem if "/" in self.model.pretrained else self.model.pretrained
-        uses_bank = self.method == "starft" and self.spurious.suffix == "spurious"
-        concept = f"{self.spurious.bank.stem}-{self.spurious.concept}" if uses_bank else "-"
-        lam = f"lam{self.lam:g}" if self.method == "starft" else "-"
-        return (results / "runs" / f"{self.model.name}-{pretrained}" / self.data.train_set / self.method
-                / self.variant() / concept / lam / f"seed{self.seed}")
 
 
 # Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
@@ -200,8 +208,13 @@ EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "grad_c
 
 
 def without_execution(config: dict[str, Any]) -> dict[str, Any]:
-    """A dumped ``TrainConfig`` without its EXECUTION_FIELDS: what fixes the run's results."""
+    """A dumped ``TrainConfig`` without its EXECUTION_FIELDS and other methods' options: what fixes its results."""
     kept = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
+    options = {name: value for name, value in kept.get("options", {}).items() if name == kept.get("method")}
+    if options:
+        kept["options"] = options
+    else:
+        kept.pop("options", None)
     for dotted in EXECUTION_FIELDS:
         *parents, leaf = dotted.split(".")
         node = kept
@@ -242,18 +255,15 @@ NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
-class TrainSetSpec(Strict):
-    """Per-dataset hyper-parameters (Appendix B / Table 13) of fine-tuning on one registered dataset."""
+class TrainSetSpec(DataSettings):
+    """Per-dataset hyper-parameters (Appendix B / Table 13) of fine-tuning on one registered dataset.
 
-    train_split: str = "train"
-    val_split: str | None = Field(None, description="ID validation split (needed by select: val)")
-    select: Literal["last", "val"] = "last"
-    caption_template: str = "a photo of a {c}."
-    head_templates: list[str] | None = None
-    lam: float = Field(0.1, ge=0, description="StarFT's λ for this dataset unless a table sweeps λ")
+    Its data settings are a training config's (``DataSettings``): every field there is one here.
+    """
+
+    select: Select = "last"
+    lam: float = Field(0.1, ge=0, description="λ for this dataset (methods that use it) unless a table sweeps λ")
     optim: OptimConfig = OptimConfig()
-    csv: CsvOptions = Field(CsvOptions(), description="options of the csv dataset")
-    webdataset: WebDatasetOptions = Field(WebDatasetOptions(), description="options of the webdataset dataset")
 
 
 class BankSpec(Strict):
@@ -261,14 +271,6 @@ class BankSpec(Strict):
 
     path: Path
     label: str | None = None
-
-
-class VariantSpec(Strict):
-    """The Table 6 switches of a StarFT run (see ``SpuriousConfig``)."""
-
-    suffix: Literal["spurious", "random", "none"] = "spurious"
-    mask: bool = True
-    decay: Literal["epoch", "step", "none"] = "epoch"
 
 
 class ColumnSpec(Strict):
@@ -284,15 +286,15 @@ class TableSpec(Strict):
     """One report table: the runs it needs (a grid over the lists below) and its columns.
 
     Unset lists fall back to the workflow's defaults (the first arch, every seed, the first bank,
-    each train set's λ). StarFT-only slots (variants, banks, concepts, lams) leave other methods
-    unchanged; ``zeroshot`` is evaluated, never trained.
+    each train set's λ). Variants, banks and concepts apply to the methods that use spurious
+    captions, lams to those that use λ (their specs); a method that does not train is evaluated once.
     """
 
     title: str
     rows: list[RowSlot] = Field(["method"], min_length=1, description="slots whose values label a row")
     archs: list[str] | None = None
     train_sets: list[str] = Field(["imagenet"], min_length=1)
-    methods: list[Method] = Field(min_length=1)
+    methods: list[MethodName] = Field(min_length=1)
     variants: list[VariantSpec] = Field([VariantSpec()], min_length=1)
     banks: list[str] | None = None
     concepts: list[Concept] = Field(["background"], min_length=1)
@@ -339,7 +341,7 @@ class GroupFigureSpec(Strict):
     title: str
     table: int = Field(description="the table whose runs (archs, train sets, methods, seeds) the figure reads")
     benchmarks: list[str] = Field(min_length=1, description="group-shift benchmarks among the table's columns")
-    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+    methods: list[MethodName] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
 class TradeoffFigureSpec(Strict):
@@ -354,7 +356,7 @@ class TradeoffFigureSpec(Strict):
     table: int = Field(description="the table whose runs and columns the figure reads (lams or alphas)")
     x: str = Field(description="column or average label on the x axis (e.g. the ID column)")
     y: str = Field(description="column or average label on the y axis (e.g. an OOD or group metric)")
-    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+    methods: list[MethodName] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
 class LossFigureSpec(Strict):
@@ -364,7 +366,7 @@ class LossFigureSpec(Strict):
     title: str
     table: int = Field(description="the table whose trained runs the figure reads (their train_log.jsonl)")
     field: str = Field("loss", description="the train_log.jsonl key drawn (loss, loss_clip, loss_star, lr, ...)")
-    methods: list[Method] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
+    methods: list[MethodName] | None = Field(None, description="methods drawn (default: the table's, zero-shot aside)")
 
 
 class GradcamFigureSpec(Strict):
@@ -379,7 +381,7 @@ class GradcamFigureSpec(Strict):
     title: str
     table: int = Field(description="the table whose runs the figure draws")
     benchmark: str = Field(description="the benchmark whose images are drawn (read from data_root)")
-    methods: list[Method] = Field(["zeroshot", "flyp", "starft"], min_length=1,
+    methods: list[MethodName] = Field(["zeroshot", "flyp", "starft"], min_length=1,
                                   description="one column per method, in this order")
     images: int = Field(4, ge=1, le=64, description="rows: this many images, evenly spaced over the benchmark's "
                         "images (over each of `groups` in turn when given)")
@@ -438,7 +440,7 @@ class DemoSettings(Strict):
     pretrain_lr: float = Field(1e-3, gt=0)
 
 
-class WorkflowConfig(Strict):
+class WorkflowConfig(RunSettings):
     """The whole workflow: what to train, evaluate and tabulate (``config/*.yaml``)."""
 
     results: Path = Field(Path("results"), description="output root (run dirs under results/runs)")
@@ -449,17 +451,8 @@ class WorkflowConfig(Strict):
     seeds: list[int] = Field([0], min_length=1)
     banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
     train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
-    options: MethodOptions = MethodOptions()
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
+    options: MethodOptions = Field(default_factory=_OptionsModel)
     workers: int = Field(4, ge=0, description="data-loader workers of training and evaluation")
-    checkpoint_every: int = Field(500, ge=1)
-    compile: bool = Field(False, description="torch.compile the towers of every training run (GPU: faster steps "
-                          "after minutes of compilation)")
-    tracking: list[Tracker] = Field(["tensorboard"], description="live trackers of every training run "
-                                    "(tensorboard, wandb)")
-    grad_checkpointing: bool = Field(False, description="gradient checkpointing in every training run's student "
-                                     "(same results, less GPU memory, ~30% more compute)")
     eval_batch_size: int = Field(256, ge=1)
     eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "
                                           "evaluation jobs (~150 kB per image at 224 px; same results, no re-decoding)")
@@ -511,71 +504,20 @@ class WorkflowConfig(Strict):
             if unknown:
                 raise ValueError(f"{key}.benchmarks: {unknown} are not benchmarks of tables.{figure.table}.columns "
                                  f"({sorted(benchmarks)})")
-            if "zeroshot" not in table.methods:
-                raise ValueError(f"{key}: tables.{figure.table}.methods needs zeroshot (the reference of the bars)")
+            if all(method_spec(method).trains for method in table.methods):
+                raise ValueError(f"{key}: tables.{figure.table}.methods needs a method that does not train, "
+                                 "such as zeroshot (the reference of the bars)")
             return
         labels = [column.label for column in table.columns] + list(table.averages)
         for axis in ("x", "y"):
             if getattr(figure, axis) not in labels:
                 raise ValueError(f"{key}.{axis}: {getattr(figure, axis)!r} is not a column of tables.{figure.table}; "
                                  f"its columns and averages: {labels}")
-        if figure.kind == "lambda" and not (table.lams and "starft" in table.methods):
-            raise ValueError(f"{key}: kind lambda needs tables.{figure.table}.lams and starft in its methods")
+        if figure.kind == "lambda" and not (table.lams and any(method_spec(m).uses_lambda for m in table.methods)):
+            raise ValueError(f"{key}: kind lambda needs tables.{figure.table}.lams and a method that uses λ "
+                             "(starft) in its methods")
         if figure.kind == "alpha" and not table.alphas:
             raise ValueError(f"{key}: kind alpha needs tables.{figure.table}.alphas (a WiSE-FT α grid)")
-
-    def planned_archs(self) -> dict[str, str]:
-        """The archs (name -> pretrained) that the tables' runs use, in first-use order (what a dry run trains)."""
-        planned: dict[str, str] = {}
-        for table in self.tables.values():
-            for arch in table.archs or [next(iter(self.archs))]:
-                planned.setdefault(arch, self.archs[arch])
-        return planned
-
-    def table_runs(self, number: int) -> list[TrainConfig]:
-        """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).
-
-        Zero-shot "runs" are evaluated, never trained: one per (arch, train set), seed 0.
-        """
-        table = self.tables[number]
-        runs: dict[Path, TrainConfig] = {}
-        for arch in table.archs or [next(iter(self.archs))]:
-            for train_set in table.train_sets:
-                spec = self.train_sets[train_set]
-                for method in table.methods:
-                    for seed in [0] if method == "zeroshot" else table.seeds or self.seeds:
-                        for variant, bank, concept, lam in self._star_slots(table, spec, method):
-                            config = self.train_config(arch, train_set, method, seed, variant, bank, concept, lam)
-                            runs.setdefault(config.run_dir(self.results), config)
-        return list(runs.values())
-
-    def _star_slots(self, table: TableSpec, spec: TrainSetSpec,
-                    method: str) -> list[tuple[VariantSpec, str, str, float]]:
-        """(variant, bank, concept, λ) combinations: the table's grid for StarFT, the defaults otherwise."""
-        default_bank = next(iter(self.banks))
-        if method != "starft":
-            return [(VariantSpec(), default_bank, "background", spec.lam)]
-        return [(variant, bank, concept, lam)
-                for variant in table.variants for bank in table.banks or [default_bank]
-                for concept in table.concepts for lam in table.lams or [spec.lam]]
-
-    def train_config(self, arch: str, train_set: str, method: str, seed: int, variant: VariantSpec,
-                     bank: str, concept: str, lam: float) -> TrainConfig:
-        """The ``TrainConfig`` of one grid point (per-dataset hyper-parameters from ``train_sets``)."""
-        spec = self.train_sets[train_set]
-        return TrainConfig(
-            model=ModelConfig(name=arch, pretrained=self.archs[arch]),
-            data=DataConfig(train_set=train_set, data_root=self.data_root, train_split=spec.train_split,
-                            val_split=spec.val_split, caption_template=spec.caption_template,
-                            head_templates=spec.head_templates, workers=self.workers, csv=spec.csv,
-                            webdataset=spec.webdataset),
-            method=method, lam=lam, seed=seed,
-            spurious=SpuriousConfig(bank=self.banks[bank].path, concept=concept, **variant.model_dump()),
-            optim=spec.optim, options=self.options, precision=self.precision, device=self.device,
-            select=spec.select, checkpoint_every=self.checkpoint_every, compile=self.compile,
-            tracking=self.tracking,
-            grad_checkpointing=self.grad_checkpointing,
-        )
 
 
 def validation_message(error: ValidationError) -> str:

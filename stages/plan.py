@@ -1,9 +1,11 @@
-"""What the workflow builds from a ``WorkflowConfig``: runs, eval files, table cells, pre-run checks.
+"""What the workflow builds from a ``WorkflowConfig``: the grid of runs, eval files, table cells, pre-run checks.
 
 The Snakefile and ``stages.reports`` both derive every path from here, so the files snakemake
 plans are exactly the files a report reads:
 
-- a run dir is ``TrainConfig.run_dir`` (zero-shot "runs" are evaluated, never trained);
+- a table's runs are its grid (``table_runs``: one ``TrainConfig`` per arch, train set, method,
+  variant, bank, concept, λ and seed); a run dir is ``RunDir.of`` (stages/rundir.py); a method
+  that does not train (zero-shot) is evaluated, never trained;
 - its metrics are ``<run dir>/eval/<benchmark>.json`` and, for WiSE-FT,
   ``<run dir>/eval/<benchmark>@alpha<α>.json``, all written by one evaluation job per run, which
   also writes ``<run dir>/eval/index.json`` (the job's declared output);
@@ -23,11 +25,29 @@ from typing import Any
 import yaml
 
 import stages.data
-from stages.config import EXECUTION_FIELDS, ColumnSpec, ConfigError, TableSpec, TrainConfig, WorkflowConfig, without_execution
+from stages.config import (
+    EXECUTION_FIELDS,
+    ColumnSpec,
+    ConfigError,
+    DataConfig,
+    DataSettings,
+    ModelConfig,
+    RunSettings,
+    SpuriousConfig,
+    TableSpec,
+    TrainConfig,
+    TrainSetSpec,
+    VariantSpec,
+    WorkflowConfig,
+    without_execution,
+)
 from stages.data.layout import Layout
 from stages.data.source import DatasetError, available_datasets
+from stages.strict import Strict
 from stages.descriptors.bank import BankError, load_bank
 from stages.evaluation.benchmarks import BENCHMARKS, request_name
+from stages.methods import method_spec
+from stages.rundir import RunDir, run_slots, uses_bank
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -42,39 +62,86 @@ class Cell:
     run: TrainConfig
     alpha: float | None = None
 
+    def run_dir(self, results: Path) -> RunDir:
+        """The run directory of this cell's run."""
+        return RunDir.of(self.run, results)
+
     def eval_path(self, results: Path, benchmark: str) -> Path:
         """The metrics JSON of this cell on `benchmark`."""
-        return eval_path(self.run.run_dir(results), benchmark, self.alpha)
+        return self.run_dir(results).metrics(request_name(benchmark, self.alpha))
 
 
-def eval_path(run_dir: Path, benchmark: str, alpha: float | None = None) -> Path:
-    """``<run dir>/eval/<benchmark>.json``, or ``<benchmark>@alpha<α>.json`` for a WiSE-FT α."""
-    return Path(run_dir) / "eval" / f"{request_name(benchmark, alpha)}.json"
+# --- the grid -------------------------------------------------------------------------------
+
+def table_runs(config: WorkflowConfig, number: int) -> list[TrainConfig]:
+    """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).
+
+    A method that does not train is evaluated once per (arch, train set), at seed 0.
+    """
+    table = config.tables[number]
+    runs: dict[Path, TrainConfig] = {}
+    for arch in table.archs or [next(iter(config.archs))]:
+        for train_set in table.train_sets:
+            spec = config.train_sets[train_set]
+            for method in table.methods:
+                for seed in (table.seeds or config.seeds) if method_spec(method).trains else [0]:
+                    for variant, bank, concept, lam in _method_slots(config, table, spec, method):
+                        run = train_config(config, arch, train_set, method, seed, variant, bank, concept, lam)
+                        runs.setdefault(RunDir.of(run, config.results).path, run)
+    return list(runs.values())
 
 
-def eval_index(run_dir: Path) -> Path:
-    """``<run dir>/eval/index.json``: written by the run's evaluation job once all its metrics are."""
-    return Path(run_dir) / "eval" / "index.json"
+def _method_slots(config: WorkflowConfig, table: TableSpec, spec: TrainSetSpec,
+                  method: str) -> list[tuple[VariantSpec, str, str, float]]:
+    """(variant, bank, concept, λ) combinations: the table's grid for the slots the method uses, the defaults otherwise."""
+    method_uses = method_spec(method)
+    default_bank = next(iter(config.banks))
+    variants, banks, concepts = [VariantSpec()], [default_bank], ["background"]
+    if method_uses.uses_spurious:
+        variants, banks, concepts = table.variants, table.banks or [default_bank], table.concepts
+    lams = (table.lams or [spec.lam]) if method_uses.uses_lambda else [spec.lam]
+    return [(variant, bank, concept, lam) for variant in variants for bank in banks for concept in concepts
+            for lam in lams]
+
+
+def train_config(config: WorkflowConfig, arch: str, train_set: str, method: str, seed: int, variant: VariantSpec,
+                 bank: str, concept: str, lam: float) -> TrainConfig:
+    """The ``TrainConfig`` of one grid point: the train set's data settings and hyper-parameters, the
+    workflow's run settings and method options, and the point's slots."""
+    spec = config.train_sets[train_set]
+    return TrainConfig(
+        model=ModelConfig(name=arch, pretrained=config.archs[arch]),
+        data=DataConfig(train_set=train_set, data_root=config.data_root, workers=config.workers,
+                        **_fields(spec, DataSettings)),
+        method=method, lam=lam, seed=seed, select=spec.select, optim=spec.optim, options=config.options,
+        spurious=SpuriousConfig(bank=config.banks[bank].path, concept=concept, **variant.model_dump()),
+        **_fields(config, RunSettings),
+    )
+
+
+def _fields(model: Strict, fragment: type[Strict]) -> dict[str, object]:
+    """The values of `model`'s fields that `fragment` (one of its bases) declares."""
+    return {name: getattr(model, name) for name in fragment.model_fields}
 
 
 def bank_name(config: WorkflowConfig, run: TrainConfig) -> str:
     """The config name of the run's bank, ``-`` when the run uses none."""
-    if run.method != "starft" or run.spurious.suffix != "spurious":
+    if not uses_bank(run):
         return "-"
     return next(name for name, bank in config.banks.items() if bank.path == run.spurious.bank)
 
 
 def row_key(config: WorkflowConfig, table: TableSpec, run: TrainConfig, ensemble: bool) -> tuple[str, ...]:
     """The values of the table's row slots for `run` (``-`` for slots the method does not use)."""
-    star = run.method == "starft"
+    bank = bank_name(config, run)
     values = {
         "arch": run.model.name,
         "train_set": run.data.train_set,
         "method": run.method,
-        "variant": run.variant(),
-        "bank": bank_name(config, run),
-        "concept": run.spurious.concept if bank_name(config, run) != "-" else "-",
-        "lam": f"{run.lam:g}" if star else "-",
+        "variant": run_slots(run)["variant"],
+        "bank": bank,
+        "concept": run.spurious.concept if bank != "-" else "-",
+        "lam": f"{run.lam:g}" if method_spec(run.method).uses_lambda else "-",
         "ensemble": "yes" if ensemble else "no",
     }
     return tuple(values[slot] for slot in table.rows)
@@ -84,9 +151,9 @@ def table_cells(config: WorkflowConfig, number: int) -> list[Cell]:
     """Every cell of table `number`: each run, plus each of its WiSE-FT α when the table has alphas."""
     table = config.tables[number]
     cells = []
-    for run in config.table_runs(number):
+    for run in table_runs(config, number):
         cells.append(Cell(row_key(config, table, run, ensemble=False), run.seed, run))
-        if table.alphas and run.method != "zeroshot":
+        if table.alphas and method_spec(run.method).trains:
             row = row_key(config, table, run, ensemble=True)
             cells += [Cell(row, run.seed, run, alpha) for alpha in table.alphas]
     return cells
@@ -102,7 +169,7 @@ def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
 
 def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
     """The evaluation indexes of the runs table `number` reads (what the report rule waits for)."""
-    return sorted({eval_index(path.parent.parent) for path in table_inputs(config, number)})
+    return sorted({RunDir(path.parent.parent).eval_index for path in table_inputs(config, number)})
 
 
 def eval_requests(config: WorkflowConfig) -> dict[str, list[str]]:
@@ -121,7 +188,8 @@ def fills(column: ColumnSpec, cell: Cell) -> bool:
 
 def runs_by_dir(config: WorkflowConfig) -> dict[str, TrainConfig]:
     """Run dir -> config of every run of every table (zero-shot ones included)."""
-    return {str(run.run_dir(config.results)): run for number in config.tables for run in config.table_runs(number)}
+    return {str(RunDir.of(run, config.results).path): run for number in config.tables
+            for run in table_runs(config, number)}
 
 
 def run_yaml(run: TrainConfig) -> str:
@@ -158,7 +226,7 @@ def check_references(config: WorkflowConfig, generated_banks: bool) -> None:
         raise ConfigError(f"train_sets: {unknown} are not registered datasets; "
                           f"registered: {', '.join(available_datasets())}")
     used = {(run.spurious.bank, run.spurious.concept) for number in config.tables
-            for run in config.table_runs(number) if bank_name(config, run) != "-"}
+            for run in table_runs(config, number) if bank_name(config, run) != "-"}
     for path, concept in sorted(used):
         name = next(name for name, bank in config.banks.items() if bank.path == path)
         if not path.is_file() and generated_banks and GENERATED_BANK.search(path.as_posix()):

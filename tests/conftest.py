@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported anywhere
 
@@ -10,6 +13,11 @@ import pytest
 import torch
 
 from stages.config import TrainConfig
+from stages.descriptors.bank import ConceptEntry, DescriptorBank, GeneratorInfo, write_bank
+from stages.methods import Progress
+
+# The background descriptors of the tests' small bank (tiny_config's spurious.bank).
+TEST_DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}.", "{} under a blue sky."]
 
 
 @pytest.fixture(autouse=True)
@@ -17,14 +25,30 @@ def _deterministic_threads() -> None:
     torch.set_num_threads(2)
 
 
+@functools.cache
+def test_bank() -> Path:
+    """A bank file whose background concept is TEST_DESCRIPTORS (written once per test session)."""
+    path = Path(tempfile.mkdtemp(prefix="test-bank-")) / "test-bank.json"
+    write_bank(path, DescriptorBank(source="tests", generator=GeneratorInfo(backend="published", model="tests"),
+                                    concepts={"background": ConceptEntry(descriptors=TEST_DESCRIPTORS)},
+                                    created_at="2026-01-01T00:00:00Z"))
+    return path
+
+
+def progress(step: int = 0, epoch: int = 0, total_steps: int = 10, epochs: int = 2) -> Progress:
+    """Where a step stands, for calling a method's `training_step` outside the loop."""
+    return Progress(step=step, epoch=epoch, total_steps=total_steps, epochs=epochs)
+
+
 def tiny_config(method: str = "starft", **overrides: object) -> TrainConfig:
-    """A TinyCLIP-test run on the synthetic dataset: a few steps, no workers."""
+    """A TinyCLIP-test run on the synthetic dataset: a few steps, no workers, the test bank."""
     raw: dict = {
         "model": {"name": "TinyCLIP-test", "pretrained": "none"},
         "data": {"train_set": "synthetic", "train_split": "train:32", "workers": 0,
                  "head_templates": ["a photo of a {c}.", "a drawing of a {c}.", "a {c}."]},
         "method": method,
         "lam": 1.0,
+        "spurious": {"bank": str(test_bank())},
         "optim": {"lr": 1e-3, "warmup_steps": 1, "epochs": 2, "batch_size": 8, "max_steps_per_epoch": 2},
         "checkpoint_every": 1,
     }

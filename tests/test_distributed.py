@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import move_student_off_teacher, tiny_config
+from conftest import move_student_off_teacher, progress, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
 from stages.training.distributed import (
@@ -30,9 +30,8 @@ from stages.training.distributed import (
     slurm_port,
 )
 from stages.training.loop import EpochSampler
-from stages.training.methods import MethodContext, build_method
+from stages.methods import MethodContext, build_method
 
-DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +45,7 @@ def _step(method_name: str, rank: int, world_size: int, accum: int = 1) -> tuple
     config = tiny_config(method_name)
     bundle = create_clip("TinyCLIP-test", None)
     source = build_dataset("synthetic", None, "train:8")
-    method = build_method(method_name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=4))
+    method = build_method(method_name, MethodContext(bundle, source.classnames, config, total_steps=4))
     move_student_off_teacher(method)  # else the Star and distillation terms sit at their ~0 minimum
     method.double()  # float64 so that only the gather itself, not rounding, could make a difference
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
@@ -57,7 +56,7 @@ def _step(method_name: str, rank: int, world_size: int, accum: int = 1) -> tuple
     for k in range(accum):
         shard = {key: value[k * size:(k + 1) * size][rank::world_size] for key, value in batch.items()}
         with step.no_sync() if k < accum - 1 else contextlib.nullcontext():
-            terms = step(shard, lam=0.8)
+            terms = step(shard, progress())
             assert all(float(value.detach()) > 1e-3 for name, value in terms.items() if name in ("star", "distill"))
             loss = sum(terms.values()) / accum
             loss.backward()

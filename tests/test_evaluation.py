@@ -16,10 +16,12 @@ from stages.data.source import ImageDataset, build_dataset, load_image
 from stages.evaluation import metrics
 from stages.evaluation.benchmarks import get_benchmark, score
 from stages.evaluation.image_cache import CachedImages, evaluation_images
-from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, load_run, main, predict
+from stages.evaluation.run import EvaluationError, classifier, load_pretrained, load_run, main, predict
 from stages.evaluation.zeroshot import HeadCache, text_head
-from stages.io import atomic_torch_save, atomic_write_json
-from stages.models.factory import create_clip
+from stages.config import TrainConfig
+from stages.io import atomic_torch_save
+from stages.models.factory import LoadedModel, create_clip
+from stages.rundir import RunDir, RunRecord
 from stages.training.loop import train
 
 TINY = "TinyCLIP-test"
@@ -104,11 +106,11 @@ def test_projection_scores_the_sublist_columns_only() -> None:
 # --- zero-shot heads ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny() -> EvalModel:
+def tiny() -> LoadedModel:
     return load_pretrained(TINY, "none")
 
 
-def test_head_from_templates_equals_a_plain_float64_computation(tiny: EvalModel) -> None:
+def test_head_from_templates_equals_a_plain_float64_computation(tiny: LoadedModel) -> None:
     model, tokenizer = tiny.bundle.model, tiny.bundle.tokenizer
     names, templates = ["elephant", "dog", "owl"], ["{a} {c}.", "a photo of the {c}."]
     head = text_head(model, tokenizer, names, templates)
@@ -126,7 +128,7 @@ def test_head_from_templates_equals_a_plain_float64_computation(tiny: EvalModel)
     torch.testing.assert_close(head.double(), torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
-def test_head_cache_reuses_disk_heads_and_keys_on_the_text_state(tiny: EvalModel, tmp_path: Path) -> None:
+def test_head_cache_reuses_disk_heads_and_keys_on_the_text_state(tiny: LoadedModel, tmp_path: Path) -> None:
     model, tokenizer = tiny.bundle.model, tiny.bundle.tokenizer
     first = HeadCache(tmp_path).get(model, tokenizer, ["cat", "dog"], ["a {c}."])
     assert len(list(tmp_path.glob("*.pt"))) == 1
@@ -138,7 +140,7 @@ def test_head_cache_reuses_disk_heads_and_keys_on_the_text_state(tiny: EvalModel
 
 # --- end to end -------------------------------------------------------------------------------------------
 
-def _reference_top1(tiny: EvalModel, root: Path) -> tuple[float, list[int]]:
+def _reference_top1(tiny: LoadedModel, root: Path) -> tuple[float, list[int]]:
     """Waterbirds test accuracy computed image by image, with the Table 14 prompt."""
     source = build_dataset("waterbirds", root, "test")
     head = text_head(tiny.bundle.model, tiny.bundle.tokenizer, source.classnames, ["This is a picture of a {c}."])
@@ -150,7 +152,7 @@ def _reference_top1(tiny: EvalModel, root: Path) -> tuple[float, list[int]]:
     return float(np.mean(np.array(predictions) == np.array(source.labels))), predictions
 
 
-def test_cli_zero_shot_waterbirds_end_to_end(tiny: EvalModel, tmp_path: Path) -> None:
+def test_cli_zero_shot_waterbirds_end_to_end(tiny: LoadedModel, tmp_path: Path) -> None:
     fakes.waterbirds(tmp_path / "data", train_counts=(7, 1, 2, 5))
     out = tmp_path / "m.json"
     assert main(["--benchmark", "waterbirds", "--data-root", str(tmp_path / "data"), "--out", str(out),
@@ -185,8 +187,11 @@ def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | No
         head = {"weight": weight, "classnames": head_classes}
     atomic_torch_save(run_dir / "best.pt", {"state_dict": state, "head": head, "model_name": TINY, "pretrained": "none",
                                             "method": "ft", "step": 3})
-    atomic_write_json(run_dir / "run.json", {"model": {"name": TINY, "pretrained": "none"}, "method": "ft",
-                                             "config": {"data": {"head_templates": ["a photo of a {c}."]}}})
+    config = TrainConfig(model={"name": TINY, "pretrained": "none"}, method="ft",
+                         data={"head_templates": ["a photo of a {c}."]})
+    RunDir(run_dir).write_record(RunRecord(config=config, model=config.model, method="ft", code_version="tests",
+                                           provenance={}, classnames=list(head_classes or []), train_size=0,
+                                           steps_per_epoch=1, total_steps=3, device="cpu"))
 
 
 def _run_cli(tmp_path: Path, run_dir: Path, benchmark: str, *extra: str) -> dict:
@@ -211,7 +216,7 @@ def test_cli_run_dir_uses_the_trained_head_for_its_classes_and_text_for_new_ones
     assert wise["model"]["alpha"] == 0.5 and wise["model"]["head"] == "trained"
 
 
-def test_wise_ft_alpha_zero_is_the_zero_shot_model(tiny: EvalModel, tmp_path: Path) -> None:
+def test_wise_ft_alpha_zero_is_the_zero_shot_model(tiny: LoadedModel, tmp_path: Path) -> None:
     fakes.waterbirds(tmp_path / "data")
     run_dir = tmp_path / "run"
     _fake_run(run_dir, None)
@@ -231,7 +236,7 @@ def test_wise_ft_start_of_a_random_weight_run_is_its_own_seeds_init(tmp_path: Pa
         torch.testing.assert_close(endpoints[1.0][key], trained[key], rtol=0, atol=1e-7)
 
 
-def test_image_cache_gives_the_same_tensors_and_predictions_and_is_built_once(tiny: EvalModel, tmp_path: Path) -> None:
+def test_image_cache_gives_the_same_tensors_and_predictions_and_is_built_once(tiny: LoadedModel, tmp_path: Path) -> None:
     fakes.waterbirds(tmp_path / "data")
     source = build_dataset("waterbirds", tmp_path / "data", "test")
     bundle, cache = tiny.bundle, tmp_path / "cache"
@@ -274,16 +279,16 @@ class _RecordingCache(HeadCache):
         return torch.zeros(len(classnames), 8)
 
 
-def test_projected_benchmark_checks_the_head_against_1000_classes(tiny: EvalModel, tmp_path: Path) -> None:
+def test_projected_benchmark_checks_the_head_against_1000_classes(tiny: LoadedModel, tmp_path: Path) -> None:
     fakes.imagenet_subset(tmp_path, "imagenet-a", [3])
     bench, source = get_benchmark("imagenet-a"), build_dataset("imagenet-a", tmp_path, "test")
     with pytest.raises(EvaluationError, match="1000 head classes"):
-        classifier(bench, source, EvalModel(tiny.bundle, torch.randn(999, 8), bench.head_classes(source), tiny.identity),
+        classifier(bench, source, LoadedModel(tiny.bundle, torch.randn(999, 8), bench.head_classes(source), tiny.identity),
                    HeadCache())
-    trained = EvalModel(tiny.bundle, torch.randn(1000, 8), bench.head_classes(source), tiny.identity)
+    trained = LoadedModel(tiny.bundle, torch.randn(1000, 8), bench.head_classes(source), tiny.identity)
     assert classifier(bench, source, trained, HeadCache())[1] == "trained"
     cache = _RecordingCache()
-    two_hundred_way = EvalModel(tiny.bundle, torch.randn(200, 8), source.classnames, tiny.identity)
+    two_hundred_way = LoadedModel(tiny.bundle, torch.randn(200, 8), source.classnames, tiny.identity)
     weight, kind = classifier(bench, source, two_hundred_way, cache)  # not the benchmark's head classes: text tower
     assert kind == "text" and weight.shape[0] == 1000 and cache.requested == (1000, 80)
 

@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-import torch.nn.functional as F
-import yaml
 from huggingface_hub import ModelCard
 
 from conftest import tiny_config
 from hub_server import HubServer
 from stages.evaluation.run import load_run
 from stages.export import CONFIG, HEAD, HEAD_CLASSES, WEIGHTS, export_run
-from stages.training.checkpoint import load_trained
+from stages.rundir import RunDir
 from stages.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +59,7 @@ def test_plain_open_clip_loads_the_export_with_the_runs_features(ft_run: Path, t
     out = tmp_path / "export"
     written = export_run(ft_run, out)
     assert {p.name for p in written} >= {WEIGHTS, CONFIG, "README.md", HEAD, HEAD_CLASSES}
-    trained = load_trained(ft_run)
+    trained = RunDir(ft_run).load_model()
     model = trained.bundle.model.eval()
     torch.manual_seed(0)
     images, texts = torch.randn(3, 3, 32, 32), ["a photo of a red square.", "a blue triangle"]
@@ -85,7 +83,7 @@ def test_alpha_exports_the_wise_ft_interpolation(ft_run: Path, tmp_path: Path) -
     expected = load_run(ft_run, alpha=0.5)
     state = expected.bundle.model.state_dict()
     assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
-    finetuned = load_trained(ft_run).bundle.model.state_dict()
+    finetuned = RunDir(ft_run).load_model().bundle.model.state_dict()
     assert any(not torch.equal(saved[k], finetuned[k]) for k in saved if saved[k].is_floating_point())
     head = safetensors.torch.load_file(tmp_path / "wise" / HEAD)["weight"]
     assert torch.equal(head, expected.head_weight)

@@ -199,7 +199,7 @@ def test_loss_curves_mean_and_std_over_seeds(tmp_path: Path) -> None:
     config = validate_workflow_config(raw)
     logs = {("ft", 0): [2.0, 1.0], ("ft", 1): [4.0, 3.0], ("flyp", 0): [1.5, 0.5]}  # starft and flyp seed 1: none
     for (method, seed), losses in logs.items():
-        run_dir = cell(config, 3, method, seed).run.run_dir(config.results)
+        run_dir = cell(config, 3, method, seed).run_dir(config.results).path
         run_dir.mkdir(parents=True)
         lines = [{"step": step + 1, "loss": loss, "lr": 0.1} for step, loss in enumerate(losses)]
         lines.append({"step": 2, "epoch": 0, "val_top1": 0.5})  # validation records carry no loss

@@ -11,10 +11,12 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from stages import plan
 from stages.config import ConfigError, validate_workflow_config
 from stages.models import create_clip
 from stages.reports.__main__ import main
 from stages.reports.gradcam import build_gradcam, figure_inputs, gradcam_maps, vit_reshape_transform
+from stages.rundir import RunDir
 from stages.training.loop import train
 
 GRID, PATCH = 4, 8  # TinyCLIP-test: 32 px images, 8 px patches
@@ -104,11 +106,12 @@ def test_gradcam_figure_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the bank path is relative to the repository
     raw = workflow(tmp_path)
     config = validate_workflow_config(raw)
-    trained = [run.run_dir(config.results) / "best.pt" for run in config.table_runs(3) if run.method != "zeroshot"]
+    runs = plan.table_runs(config, 3)
+    trained = [RunDir.of(run, config.results).best for run in runs if run.method != "zeroshot"]
     assert sorted(figure_inputs(config, "gradcam")) == sorted(trained)  # what the workflow rule declares
-    for run in config.table_runs(3):
+    for run in runs:
         if run.method != "zeroshot":
-            train(run, run.run_dir(config.results))
+            train(run, RunDir.of(run, config.results))
     path = tmp_path / "workflow.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["--config", str(path), "--figure", "gradcam"]) == 0
@@ -121,8 +124,8 @@ def test_gradcam_figure_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert all(column.maps.shape == (3, 32, 32) and 0.0 <= column.maps.min() <= column.maps.max() <= 1.0
                for column in plot.columns)
 
-    starft = next(run for run in config.table_runs(3) if run.method == "starft").run_dir(config.results)
-    (starft / "best.pt").unlink()
+    starft = RunDir.of(next(run for run in runs if run.method == "starft"), config.results)
+    starft.best.unlink()
     plot = build_gradcam(config, "gradcam")
     assert plot.points == 6 and len(plot.missing) == 1 and "best.pt" in plot.missing[0]
 

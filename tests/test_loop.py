@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -15,17 +16,19 @@ import fakes
 from conftest import carot_loss_py_schedule, tiny_config
 from stages.data.source import build_dataset
 from stages.models import create_clip
-from stages.training.loop import EpochSampler, TrainingSamples, lambda_at, train, warmup_cosine
-from stages.training.methods import method_class
+from stages.methods import Progress, method_class
+from stages.methods.starft import draw_descriptor, lambda_at
+from stages.rundir import RunDir
+from stages.training.loop import EpochSampler, TrainingSamples, train, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_lambda_decays_per_epoch_as_the_official_code() -> None:
-    values = [lambda_at(0.5, "epoch", e, 10, step=0, total_steps=1) for e in range(10)]
+    values = [lambda_at(0.5, "epoch", Progress(step=0, epoch=e, total_steps=1, epochs=10)) for e in range(10)]
     assert values == pytest.approx([0.45, 0.40, 0.35, 0.30, 0.25, 0.20, 0.15, 0.10, 0.05, 0.0])
-    assert lambda_at(0.5, "step", 3, 10, step=25, total_steps=100) == pytest.approx(0.375)
-    assert lambda_at(0.5, "none", 9, 10, step=99, total_steps=100) == 0.5
+    assert lambda_at(0.5, "step", Progress(step=25, epoch=3, total_steps=100, epochs=10)) == pytest.approx(0.375)
+    assert lambda_at(0.5, "none", Progress(step=99, epoch=9, total_steps=100, epochs=10)) == 0.5
 
 
 def test_warmup_then_cosine_to_zero() -> None:
@@ -39,7 +42,7 @@ def test_warmup_then_cosine_to_zero() -> None:
 def test_samples_are_a_function_of_seed_epoch_and_index() -> None:
     source = build_dataset("synthetic", None, "train:8")
     transform = create_clip("TinyCLIP-test", None).preprocess_train
-    samples = TrainingSamples(source, transform, seed=3, num_descriptors=58)
+    samples = TrainingSamples(source, transform, seed=3, draw=functools.partial(draw_descriptor, 58))
     first, again = samples[(1, 5)], samples[(1, 5)]
     assert torch.equal(first["image"], again["image"]) and first["descriptor_index"] == again["descriptor_index"]
     draws = {samples[(epoch, 5)]["descriptor_index"] for epoch in range(40)}
@@ -82,7 +85,7 @@ def test_zeroshot_run_saves_the_pretrained_weights_unchanged(tmp_path: Path) -> 
 @pytest.mark.parametrize("method,overrides", [
     ("starft", {"spurious__bank": str(REPO / "descriptor_banks" / "official-code.json")}),
     ("ft", {}),
-    ("carot", {"options__carot_ema_every": 1}),
+    ("carot", {"options__carot__ema_every": 1}),
     ("lipsumft", {}),
 ], ids=["starft", "ft", "carot-ema", "lipsumft"])
 def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
@@ -95,11 +98,11 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.Mo
     original_step = cls.training_step
     calls = {"n": 0}
 
-    def dying_step(self, batch, lam):
+    def dying_step(self, batch, progress):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated kill")
-        return original_step(self, batch, lam)
+        return original_step(self, batch, progress)
 
     monkeypatch.setattr(cls, "training_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
@@ -122,7 +125,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.Mo
 def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A 4-step CaRot run (EMA every 2): its teacher = a float64 EMA, on CaRot's schedule, of the students it saw."""
-    config = tiny_config("carot", options__carot_ema_every=2)  # 2 epochs x 2 steps
+    config = tiny_config("carot", options__carot__ema_every=2)  # 2 epochs x 2 steps
     cls = method_class("carot")
     students: dict[int, dict[str, torch.Tensor]] = {}
     original_begin, original_after = cls.begin_step, cls.after_optimizer_step
@@ -130,9 +133,9 @@ def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
     def record(method, steps: int) -> None:
         students.setdefault(steps, {k: v.detach().double().clone() for k, v in method.student.named_parameters()})
 
-    def begin_step(self, step: int) -> None:
-        record(self, step)
-        original_begin(self, step)
+    def begin_step(self, progress: Progress) -> None:
+        record(self, progress.step)
+        original_begin(self, progress)
 
     def after_optimizer_step(self, step: int) -> None:
         record(self, step)
@@ -142,8 +145,8 @@ def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
     monkeypatch.setattr(cls, "after_optimizer_step", after_optimizer_step)
     train(config, tmp_path / "run")
     options = config.options
-    updates, distilled = carot_loss_py_schedule(2, 2, 2, options.carot_momentum_start, options.carot_momentum_end,
-                                                options.carot_momentum_warmup)
+    updates, distilled = carot_loss_py_schedule(2, 2, 2, options.carot.momentum_start, options.carot.momentum_end,
+                                                options.carot.momentum_warmup)
     assert [step for step, _ in updates] == [1, 3]
     teacher = dict(students[0])  # the teacher starts as the pretrained student
     for step, momentum in updates:
@@ -191,10 +194,10 @@ def test_cli_trains_and_reports_bad_config_fields(tmp_path: Path) -> None:
 
 def test_default_run_dir_spells_every_knob() -> None:
     config = tiny_config("starft", lam=0.5, seed=2)
-    assert config.run_dir() == Path(
+    assert RunDir.of(config).path == Path(
         "results/runs/TinyCLIP-test-none/synthetic/starft/suffix-spurious_mask-on_decay-epoch/"
-        "official-code-background/lam0.5/seed2")
-    assert tiny_config("flyp").run_dir() == Path("results/runs/TinyCLIP-test-none/synthetic/flyp/-/-/-/seed0")
+        "test-bank-background/lam0.5/seed2")
+    assert RunDir.of(tiny_config("flyp")).path == Path("results/runs/TinyCLIP-test-none/synthetic/flyp/-/-/-/seed0")
 
 
 def test_starft_single_epoch_with_epoch_decay_warns() -> None:

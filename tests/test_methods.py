@@ -8,21 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import carot_loss_py_schedule, move_student_off_teacher, tiny_config
+from conftest import TEST_DESCRIPTORS as DESCRIPTORS
+from conftest import carot_loss_py_schedule, move_student_off_teacher, progress, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.training.losses import ClipLoss, star_loss
-from stages.training.methods import MethodContext, StarFT, available_methods, build_method
-
-DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}.", "{} under a blue sky."]
+from stages.methods import MethodContext, build_method, method_names
+from stages.methods.starft import StarFT
 
 
 def make_method(name: str, **overrides: object):
+    """`name` on 16 synthetic images; λ is a constant 0.7 (what the Star parity references use) unless overridden."""
     torch.manual_seed(0)
-    config = tiny_config(name, **overrides)
+    config = tiny_config(name, **{"lam": 0.7, "spurious__decay": "none", **overrides})
     bundle = create_clip("TinyCLIP-test", None)
     source = build_dataset("synthetic", None, "train:16")
-    method = build_method(name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=10))
+    method = build_method(name, MethodContext(bundle, source.classnames, config, total_steps=10))
     return method, source, bundle
 
 
@@ -34,23 +35,22 @@ def batch_from(source, bundle, size: int = 8, seed: int = 0) -> dict[str, torch.
 
 
 def test_registry_lists_every_method_of_the_paper() -> None:
-    assert set(available_methods()) == {"zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"}
+    assert set(method_names()) == {"zeroshot", "ft", "flyp", "carft", "carot", "lipsumft", "starft"}
 
 
-@pytest.mark.parametrize("name", available_methods())
+@pytest.mark.parametrize("name", method_names())
 def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) -> None:
     method, source, bundle = make_method(name)
     before = {k: v.clone() for k, v in method.state_dict().items()}
     teacher = getattr(method, "teacher", None)
     teacher_before = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
     params = method.trainable_parameters()
-    if not method.trains:
+    if not method.spec.trains:
         assert params == [] and method.head_state() is None
         return
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     for step in range(2):
-        method.begin_step(step)
-        terms = method.training_step(batch_from(source, bundle, seed=step), lam=1.0)
+        terms = method.training_step(batch_from(source, bundle, seed=step), progress(step=step))
         loss = sum(terms.values())
         assert torch.isfinite(loss), terms
         optimizer.zero_grad()
@@ -71,18 +71,17 @@ def test_two_steps_change_the_student_and_never_the_frozen_teacher(name: str) ->
         assert method.head_state()["weight"].shape == (4, 32)
 
 
-@pytest.mark.parametrize("name", [name for name in available_methods() if name != "zeroshot"])
+@pytest.mark.parametrize("name", [name for name in method_names() if name != "zeroshot"])
 def test_bf16_autocast_keeps_fp32_weights_losses_and_gradients_close_to_fp32(name: str) -> None:
     """The GPU precision rule, run on CPU: bf16 matmuls, fp32 master weights, fp32 loss terms."""
     method, source, bundle = make_method(name)
     move_student_off_teacher(method)
     batch = batch_from(source, bundle)
-    method.begin_step(1)  # a step after the first (CaRot distils from then on)
     results = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(5)  # the same per-step draws (Lipsum-FT's random texts) in both passes
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            terms = method.training_step(batch, lam=0.7)
+            terms = method.training_step(batch, progress(step=1))  # a step after the first (CaRot distils from then on)
         assert all(value.dtype == torch.float32 for value in terms.values()), {k: v.dtype for k, v in terms.items()}
         loss = sum(terms.values())
         results.append((loss, torch.autograd.grad(loss, method.trainable_parameters())))
@@ -95,15 +94,15 @@ def test_bf16_autocast_keeps_fp32_weights_losses_and_gradients_close_to_fp32(nam
 
 
 def test_carot_ema_moves_teacher_towards_student() -> None:
-    method, source, bundle = make_method("carot", options__carot_ema_every=1)
+    method, source, bundle = make_method("carot", options__carot__ema_every=1)
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
     teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
-    loss = sum(method.training_step(batch_from(source, bundle), lam=0.0).values())
+    loss = sum(method.training_step(batch_from(source, bundle), progress()).values())
     loss.backward()
     optimizer.step()
     method.after_optimizer_step(1)
     momentum = method.ema_momentum_after(1)
-    assert momentum == method.momentum(0) == method.config.options.carot_momentum_start
+    assert momentum == method.momentum(0) == method.config.options.carot.momentum_start
     for (key, teacher_value), student_value in zip(method.teacher.named_parameters(), method.student.parameters()):
         expected = momentum * teacher_before[key] + (1 - momentum) * student_value.detach()
         torch.testing.assert_close(teacher_value, expected)
@@ -132,7 +131,7 @@ def test_star_step_equals_plain_reference_step() -> None:
     method, source, bundle = make_method("starft")
     move_student_off_teacher(method)
     batch = batch_from(source, bundle)
-    terms = method.training_step(batch, lam=0.7)
+    terms = method.training_step(batch, progress())
     assert terms["star"] > 1e-3
     grads = torch.autograd.grad(sum(terms.values()), method.trainable_parameters())
     student, teacher = method.student, method.teacher
@@ -211,7 +210,7 @@ def test_compiled_towers_give_the_eager_loss_and_gradients() -> None:
         batch = batch_from(source, bundle, seed=seed)
         losses, grads = [], []
         for method in (eager, compiled):
-            terms = method.training_step(batch, lam=0.7)
+            terms = method.training_step(batch, progress())
             assert terms["star"] > 1e-3
             loss = sum(terms.values())
             losses.append(loss)
@@ -229,13 +228,13 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     torch.manual_seed(0)
     total = num_batches * epochs
     every = 500 if total > 100 else 4
-    config = tiny_config("carot", options__carot_ema_every=every)
+    config = tiny_config("carot", options__carot__ema_every=every)
     bundle = create_clip("TinyCLIP-test", None)
     source = build_dataset("synthetic", None, "train:16")
-    method = build_method("carot", MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=total))
+    method = build_method("carot", MethodContext(bundle, source.classnames, config, total_steps=total))
     options = config.options
-    expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options.carot_momentum_start,
-                                                 options.carot_momentum_end, options.carot_momentum_warmup)
+    expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options.carot.momentum_start,
+                                                 options.carot.momentum_end, options.carot.momentum_warmup)
     ours = [(step, m) for step in range(1, total + 1) if (m := method.ema_momentum_after(step)) is not None]
     assert [step for step, _ in ours] == [step for step, _ in expected]
     for (_, got), (_, want) in zip(ours, expected):
@@ -246,8 +245,7 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     assert distilled == list(range(1, total))
     batch = batch_from(source, bundle)
     for step in (0, 1):
-        method.begin_step(step)
-        assert ("distill" in method.training_step(batch, lam=0.0)) == (step in distilled)
+        assert ("distill" in method.training_step(batch, progress(step=step))) == (step in distilled)
 
 
 def test_lipsum_head_step_moves_logits_as_its_code_s_times_w() -> None:
@@ -263,9 +261,9 @@ def test_lipsum_head_step_moves_logits_as_its_code_s_times_w() -> None:
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     lr, eps = 1e-3, 1e-8
     optimizer = torch.optim.AdamW([method.head], lr=lr, eps=eps, weight_decay=method.optimizer_weight_decay())
-    F.cross_entropy(method._head_logits(features.float()), labels).backward()
+    F.cross_entropy(method.head_logits(features.float()), labels).backward()
     optimizer.step()
-    ours = method._head_logits(features.float()).detach().double()
+    ours = method.head_logits(features.float()).detach().double()
 
     def adamw_first_step(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         # m̂ = g, v̂ = g² after one step of Adam (bias-corrected), no decay
@@ -293,7 +291,7 @@ def test_lipsum_head_step_moves_logits_as_its_code_s_times_w() -> None:
 
 def test_ft_head_trains_scale_times_zero_shot_weights_with_the_train_sets_decay() -> None:
     method, _, _ = make_method("ft", optim__weight_decay=0.3)
-    lipsum, _, _ = make_method("lipsumft", optim__weight_decay=0.3, options__lipsum_weight_decay=None)
+    lipsum, _, _ = make_method("lipsumft", optim__weight_decay=0.3, options__lipsumft__weight_decay=None)
     assert method.optimizer_weight_decay() == 0.3 and lipsum.optimizer_weight_decay() == 0.3
     torch.testing.assert_close(method.head.detach(), lipsum.head.detach() * lipsum.zeroshot_scale)
     torch.testing.assert_close(method.head_state()["weight"], lipsum.head_state()["weight"])

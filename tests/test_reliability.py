@@ -22,11 +22,12 @@ from PIL import Image
 
 import fakes
 from conftest import tiny_config
+from stages import plan
 from stages.config import ConfigError, TrainConfig, load_train_config, validate_workflow_config
 from stages.data.check import check_images
 from stages.data.source import DatasetError, build_dataset
 from stages.models.factory import ModelLoadError, create_clip
-from stages.training.checkpoint import LAST, PREV, load_trained
+from stages.rundir import RunDir
 from stages.training.__main__ import main as training_main
 from stages.training.loop import train
 
@@ -109,26 +110,27 @@ def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pyte
     train(config, tmp_path / "straight")
     run = tmp_path / "run"
     train(config, run)
-    assert torch.load(run / PREV, weights_only=True)["step"] == 3  # the one before last.pt (step 4)
+    last, prev = RunDir(run).last, RunDir(run).prev
+    assert torch.load(prev, weights_only=True)["step"] == 3  # the one before last.pt (step 4)
     (run / "best.pt").unlink()
-    (run / LAST).write_bytes((run / LAST).read_bytes()[:1000])  # a copy cut short
+    last.write_bytes(last.read_bytes()[:1000])  # a copy cut short
     capsys.readouterr()
     train(config, run)
     out = capsys.readouterr().out
-    assert f"warning: {run / LAST} is not a readable checkpoint" in out
-    assert f"resuming from the previous checkpoint {run / PREV} instead" in out and "from step 3/4" in out
+    assert f"warning: {last} is not a readable checkpoint" in out
+    assert f"resuming from the previous checkpoint {prev} instead" in out and "from step 3/4" in out
     straight = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["state_dict"]
     resumed = torch.load(run / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
     (run / "best.pt").unlink()
-    (run / LAST).write_bytes(b"\0" * 64)
-    (run / PREV).write_bytes(os.urandom(256))
+    last.write_bytes(b"\0" * 64)
+    prev.write_bytes(os.urandom(256))
     with pytest.raises(ModelLoadError) as caught:
         train(config, run)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(f"cannot resume {run}: {run / LAST} is not a readable checkpoint")
-    assert f"{run / PREV} is not a readable checkpoint" in message
+    assert "\n" not in message and message.startswith(f"cannot resume {run}: {last} is not a readable checkpoint")
+    assert f"{prev} is not a readable checkpoint" in message
     assert message.endswith(f"Fix: delete {run / 'ckpt'} to restart this run from scratch (or restore the file)")
 
 
@@ -149,7 +151,7 @@ def test_corrupt_best_checkpoint_is_one_line(tmp_path: Path) -> None:
     train(tiny_config("flyp", optim__epochs=1), tmp_path / "run")
     (tmp_path / "run" / "best.pt").write_bytes(os.urandom(300))
     with pytest.raises(ModelLoadError, match=r"best\.pt is not a readable checkpoint"):
-        load_trained(tmp_path / "run")
+        RunDir(tmp_path / "run").load_model()
 
 
 def test_safetensors_weights_load(tmp_path: Path) -> None:
@@ -238,12 +240,11 @@ def test_batch_size_not_divisible_by_accum_steps_is_a_config_error(tmp_path: Pat
 
 def test_model_override_replaces_archs_in_every_table() -> None:
     raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    planned = validate_workflow_config(raw).planned_archs()
-    assert "ViT-B-16" in planned
+    paper = validate_workflow_config(raw)
+    assert "ViT-B-16" in {run.model.name for run in plan.runs_by_dir(paper).values()}
     raw["model"] = {"name": "TinyCLIP-test", "pretrained": "none"}
     config = validate_workflow_config(raw)
-    assert config.planned_archs() == {"TinyCLIP-test": "none"}
-    runs = [run for number in config.tables for run in config.table_runs(number)]
+    runs = list(plan.runs_by_dir(config).values())
     assert runs and {(run.model.name, run.model.pretrained) for run in runs} == {("TinyCLIP-test", "none")}
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from conftest import move_student_off_teacher, tiny_config
+from conftest import move_student_off_teacher, progress, tiny_config
 from stages.data.source import build_dataset, load_image
 from stages.models import create_clip
 from stages.models.text import trim_tokens
-from stages.training.loop import LAST, train
-from stages.training.methods import Method, MethodContext, build_method
+from stages.rundir import RunDir
+from stages.training.loop import train
+from stages.methods import Method, MethodContext, build_method
 
-DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}."]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -25,7 +25,7 @@ def _method_and_batch(name: str) -> tuple[Method, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
     source = build_dataset("synthetic", None, "train:8")
-    method = build_method(name, MethodContext(bundle, source.classnames, tiny_config(name), DESCRIPTORS, 4))
+    method = build_method(name, MethodContext(bundle, source.classnames, tiny_config(name), 4))
     move_student_off_teacher(method)
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images])
     return method, {"image": images, "label": torch.tensor(source.labels), "descriptor_index": torch.arange(8) % 3}
@@ -49,7 +49,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(name: str) -> None
     for checkpointing in (False, True):
         method.student.set_grad_checkpointing(checkpointing)
         block_runs["n"] = 0
-        loss = sum(method.training_step(batch, lam=0.8).values())
+        loss = sum(method.training_step(batch, progress()).values())
         grads = torch.autograd.grad(loss, method.trainable_parameters())
         results.append((loss, grads, block_runs["n"]))
     (loss, grads, runs), (ckpt_loss, ckpt_grads, ckpt_runs) = results
@@ -61,9 +61,9 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(name: str) -> None
 
 def test_star_term_is_finite_under_fp16_autocast() -> None:
     method, batch = _method_and_batch("starft")
-    fp32 = method.training_step(batch, lam=0.8)
+    fp32 = method.training_step(batch, progress())
     with torch.autocast("cpu", dtype=torch.float16):
-        fp16 = method.training_step(batch, lam=0.8)
+        fp16 = method.training_step(batch, progress())
     assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in fp16.values())
     assert float(fp16["star"].detach()) > 0
     for name in fp32:  # fp16's ~3 significant digits
@@ -79,7 +79,7 @@ def test_fp16_trains_through_the_gradient_scaler_and_checkpoints_it(tmp_path: Pa
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows) and rows[0]["loss_star"] > 0
-    scaler = torch.load(tmp_path / "run" / LAST, weights_only=True)["scaler"]
+    scaler = torch.load(RunDir(tmp_path / "run").last, weights_only=True)["scaler"]
     # GradScaler's state (scale 2^16 halved on each overflowed step, doubled after 2000 good ones).
     assert scaler["scale"] in [2.0 ** k for k in range(17)] and scaler["_growth_tracker"] >= 0
     trained = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
@@ -133,6 +133,6 @@ def test_a_training_step_never_reads_the_device(name: str) -> None:
         trim_tokens(method.caption_tokens)
     assert {"nonzero", "__int__"} <= set(probe.calls)
     with _SyncCounter() as counter:
-        terms = method.training_step(batch, lam=0.8)
+        terms = method.training_step(batch, progress())
         sum(terms.values()).backward()
     assert counter.calls == []

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tiny_config
 from stages.training.loop import train
-from stages.training.tracking import WANDB_ID
+from stages.rundir import RunDir
 
 
 def test_tensorboard_holds_every_logged_scalar_and_run_json_its_provenance(tmp_path: Path) -> None:
@@ -43,13 +43,13 @@ def test_wandb_offline_writes_its_local_run_and_a_resume_continues_it(tmp_path: 
     run = tmp_path / "runs" / "arch" / "seed0"
     config = tiny_config("flyp", tracking=["wandb"], optim__epochs=1)
     train(config, run)
-    run_id = (run / WANDB_ID).read_text().strip()
+    run_id = RunDir(run).wandb_id.read_text().strip()
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     assert not (run / "tb").exists()  # tensorboard not requested
     (run / "best.pt").unlink()  # pretend the job died after its last checkpoint: the rerun resumes
     train(config, run)
-    assert (run / WANDB_ID).read_text().strip() == run_id
+    assert RunDir(run).wandb_id.read_text().strip() == run_id
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same W&B run id, continued
     assert os.environ["WANDB_MODE"] == "offline"
 

@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,54 +51,39 @@ from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.zeroshot import HeadCache, text_head
 from stages.io import atomic_write_json, sha256_file
-from stages.models.factory import ClipBundle, ModelLoadError, create_clip
+from stages.models.factory import ClipBundle, LoadedModel, ModelLoadError, create_clip
 from stages.models.wise import interpolate_state_dicts
-from stages.training.checkpoint import BEST, load_trained
+from stages.rundir import BEST, RunDir
 
 
 class EvaluationError(RuntimeError):
     """The model and the benchmark do not fit together (e.g. head and dataset class counts differ)."""
 
 
-@dataclass
-class EvalModel:
-    """A model ready to evaluate: weights, optional trained head (``normalize(f(x)) @ weight.T``), identity."""
-
-    bundle: ClipBundle
-    head_weight: torch.Tensor | None
-    head_classnames: list[str] | None
-    identity: dict[str, Any]
-
-
-def load_pretrained(name: str, pretrained: str) -> EvalModel:
+def load_pretrained(name: str, pretrained: str) -> LoadedModel:
     """An open_clip model by name and pretrained tag or local file (random weights are seeded with 0)."""
     torch.manual_seed(0)
     bundle = create_clip(name, pretrained)
     local = Path(pretrained)
-    return EvalModel(bundle, None, None, {
+    return LoadedModel(bundle, None, None, {
         "name": name, "pretrained": pretrained, "run_dir": None, "checkpoint": None,
         "checkpoint_sha256": sha256_file(local) if local.is_file() else None, "alpha": None,
     })
 
 
-def _zeroshot_head_templates(run_config: dict[str, Any]) -> list[str]:
-    """The templates a run's trained head was initialised from (its ``data.head_templates`` or caption)."""
-    data = run_config.get("config", {}).get("data", {})
-    return list(data.get("head_templates") or [data.get("caption_template", "a photo of a {c}.")])
-
-
 class RunWeights:
-    """A trained run loaded once, served as one ``EvalModel`` per WiSE-FT alpha.
+    """A trained run loaded once, served as one ``LoadedModel`` per WiSE-FT alpha.
 
-    The zero-shot start is built on the first alpha that needs it. Every ``EvalModel`` returned
+    The zero-shot start is built on the first alpha that needs it. Every ``LoadedModel`` returned
     shares one model whose weights ``at`` rewrites: use one at a time.
     """
 
     def __init__(self, run_dir: Path, checkpoint: str = BEST, sha256: str | None = None) -> None:
         """`sha256`: the checkpoint's, when the caller has already hashed it (a ViT-L/14 file is 1.7 GB)."""
-        self.run_dir, self.checkpoint = Path(run_dir), checkpoint
-        self.trained = load_trained(self.run_dir, checkpoint)
-        self.sha256 = sha256 or sha256_file(self.trained.checkpoint_path)
+        self.run_dir, self.checkpoint = RunDir(Path(run_dir)), checkpoint
+        self.trained = self.run_dir.load_model(checkpoint)
+        self.record = self.run_dir.read_record()
+        self.sha256 = sha256 or sha256_file(self.run_dir.path / checkpoint)
         # A copy: the model's own tensors are overwritten by each interpolation.
         self.finetuned = {key: value.clone() for key, value in self.trained.bundle.model.state_dict().items()}
         self._start: tuple[dict[str, torch.Tensor], torch.Tensor | None] | None = None
@@ -107,19 +91,20 @@ class RunWeights:
     def _zeroshot_start(self) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The weights (and, for head methods, the scaled zero-shot head) the run started from."""
         if self._start is None:
-            start, run_config = self.trained.run_config["model"], self.trained.run_config
+            config = self.record.config
             # The run's loop seeded torch with its seed before creating the model, which only
             # matters for random (``none``) weights.
-            torch.manual_seed(run_config.get("config", {}).get("seed", 0))
-            zeroshot = create_clip(start["name"], start["pretrained"])
+            torch.manual_seed(config.seed)
+            zeroshot = create_clip(config.model.name, config.model.pretrained)
             head = None
-            if self.trained.head_weight is not None:
+            if self.trained.head_weight is not None:  # the templates the trained head was initialised from
+                templates = config.data.head_templates or [config.data.caption_template]
                 head = text_head(zeroshot.model, zeroshot.tokenizer, self.trained.head_classnames,
-                                 _zeroshot_head_templates(run_config)) * zeroshot.model.logit_scale.exp().item()
+                                 templates) * zeroshot.model.logit_scale.exp().item()
             self._start = (zeroshot.model.state_dict(), head)
         return self._start
 
-    def at(self, alpha: float | None) -> EvalModel:
+    def at(self, alpha: float | None) -> LoadedModel:
         """The run's model (``alpha`` None), or its WiSE-FT interpolation with its zero-shot start."""
         bundle, head = self.trained.bundle, self.trained.head_weight
         if alpha is None:
@@ -129,19 +114,17 @@ class RunWeights:
             bundle.model.load_state_dict(interpolate_state_dicts(start_state, self.finetuned, alpha))
             if head is not None:
                 head = (1.0 - alpha) * start_head + alpha * head
-        return EvalModel(bundle, head, self.trained.head_classnames, {
-            "name": bundle.name, "pretrained": bundle.pretrained, "run_dir": str(self.run_dir),
-            "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256, "alpha": alpha,
-        })
+        return LoadedModel(bundle, head, self.trained.head_classnames,
+                           {**self.trained.identity, "checkpoint_sha256": self.sha256, "alpha": alpha})
 
 
-def load_run(run_dir: Path, checkpoint: str = BEST, alpha: float | None = None) -> EvalModel:
+def load_run(run_dir: Path, checkpoint: str = BEST, alpha: float | None = None) -> LoadedModel:
     """A trained run's model, optionally WiSE-FT-interpolated with its zero-shot start by `alpha`."""
     return RunWeights(run_dir, checkpoint).at(alpha)
 
 
 def classifier(
-    bench: Benchmark, source: LabeledImages, loaded: EvalModel, cache: HeadCache
+    bench: Benchmark, source: LabeledImages, loaded: LoadedModel, cache: HeadCache
 ) -> tuple[torch.Tensor, str]:
     """The ``[C, d]`` head that scores `bench` and which kind it is (``trained`` or ``text``)."""
     classes = bench.head_classes(source)
@@ -208,7 +191,7 @@ def predict(
 def evaluate(
     benchmark: str,
     data_root: Path,
-    loaded: EvalModel,
+    loaded: LoadedModel,
     *,
     cache: HeadCache | None = None,
     batch_size: int = 256,
@@ -251,7 +234,7 @@ def evaluate_requests(
     requests: Sequence[str],
     eval_dir: Path,
     data_root: Path,
-    model_at: Callable[[float | None], EvalModel],
+    model_at: Callable[[float | None], LoadedModel],
     identity: dict[str, Any],
     *,
     cache: HeadCache,
@@ -345,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sha256 = sha256_file(args.run_dir / args.checkpoint) if (args.run_dir / args.checkpoint).is_file() else None
             weights: RunWeights | None = None
 
-            def model_at(alpha: float | None) -> EvalModel:
+            def model_at(alpha: float | None) -> LoadedModel:
                 nonlocal weights
                 weights = weights or RunWeights(args.run_dir, args.checkpoint, sha256)
                 return weights.at(alpha)
@@ -354,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             local = Path(args.pretrained)
             sha256 = sha256_file(local) if local.is_file() else None
 
-            def model_at(alpha: float | None) -> EvalModel:
+            def model_at(alpha: float | None) -> LoadedModel:
                 return load_pretrained(args.model, args.pretrained)
         options = dict(cache=cache, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        image_cache=args.image_cache)

@@ -26,6 +26,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from stages.evaluation.run import load_run
 from stages.io import atomic_write_json, atomic_write_text, sha256_file
+from stages.rundir import RunDir, RunRecord
 
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
@@ -53,10 +54,12 @@ def _model_cfg(name: str) -> dict[str, Any]:
     return cfg
 
 
-def _eval_results(run_dir: Path, alpha: float | None) -> list[dict[str, Any]]:
+def _eval_results(run_dir: RunDir, alpha: float | None) -> list[dict[str, Any]]:
     """The metrics JSONs of the exported weights: ``eval/<benchmark>.json`` (or ``@alpha<α>`` ones)."""
     results = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
+    for path in sorted(run_dir.eval_dir.glob("*.json")):
+        if path == run_dir.eval_index:
+            continue
         benchmark, _, suffix = path.stem.partition("@alpha")
         if (float(suffix) if suffix else None) != alpha:
             continue
@@ -66,45 +69,45 @@ def _eval_results(run_dir: Path, alpha: float | None) -> list[dict[str, Any]]:
     return results
 
 
-def model_card(run: dict[str, Any], results: list[dict[str, Any]], alpha: float | None, has_head: bool) -> ModelCard:
+def model_card(run: RunRecord, results: list[dict[str, Any]], alpha: float | None, has_head: bool) -> ModelCard:
     """The Hub model card (README.md) of an export: metadata, recipe, bank, results, loading, citation."""
-    config = run.get("config", {})
-    model, data, optim, spurious = (config.get(key, {}) for key in ("model", "data", "optim", "spurious"))
+    config = run.config
+    model, data, optim, spurious = config.model, config.data, config.optim, config.spurious
     card_data = ModelCardData(
-        library_name="open_clip", license="mit", tags=["clip", "robust-fine-tuning", config.get("method", "")],
-        base_model=None if model.get("pretrained") in (None, "none") else f"{model.get('name')}/{model.get('pretrained')}",
-        datasets=[data.get("train_set")] if data.get("train_set") else None,
+        library_name="open_clip", license="mit", tags=["clip", "robust-fine-tuning", config.method],
+        base_model=None if model.pretrained == "none" else f"{model.name}/{model.pretrained}",
+        datasets=[data.train_set],
         metrics=sorted({name for result in results for name in result["metrics"]}) or None,
     )
     rows = "\n".join(f"| {r['benchmark']} | {r['n']} | " + ", ".join(f"{k} {100 * v:.2f}" for k, v in
                                                                       sorted(r["metrics"].items())) + " |"
                      for r in results)
-    bank = (f"`{spurious.get('bank')}` (concept {spurious.get('concept')}, sha256 `{run.get('bank_sha256')}`, "
-            f"{run.get('num_descriptors')} descriptors)" if run.get("bank_sha256") else "none (no spurious captions)")
+    bank = (f"`{spurious.bank}` (concept {spurious.concept}, sha256 `{run.bank_sha256}`, "
+            f"{run.num_descriptors} descriptors)" if run.bank_sha256 else "none (no spurious captions)")
     head = (f"\nThe trained classification head is in `{HEAD}` (key `weight`, one row per class of `{HEAD_CLASSES}`):"
             " logits = `F.normalize(model.encode_image(x), dim=-1) @ weight.T`.\n" if has_head else "")
     content = f"""---
 {card_data.to_yaml()}
 ---
 
-# {model.get('name')} fine-tuned on {data.get('train_set')} with {config.get('method')}
+# {model.name} fine-tuned on {data.train_set} with {config.method}
 
-Fine-tuned from open_clip `{model.get('name')}` (`pretrained={model.get('pretrained')}`) with the
+Fine-tuned from open_clip `{model.name}` (`pretrained={model.pretrained}`) with the
 `stages` pipeline{'' if alpha is None else f', WiSE-FT-interpolated with its zero-shot start at alpha {alpha:g}'}.
 
 ## Recipe
 
 | setting | value |
 |---|---|
-| method | {config.get('method')} |
-| λ (Star term) | {config.get('lam')} (decay {spurious.get('decay')}, mask {spurious.get('mask')}, suffix {spurious.get('suffix')}) |
+| method | {config.method} |
+| λ (Star term) | {config.lam} (decay {spurious.decay}, mask {spurious.mask}, suffix {spurious.suffix}) |
 | descriptor bank | {bank} |
-| training data | {data.get('train_set')} / {data.get('train_split')}, caption `{data.get('caption_template')}` |
-| optimiser | AdamW lr {optim.get('lr')}, weight decay {optim.get('weight_decay')}, {optim.get('warmup_steps')} warm-up steps, cosine |
-| epochs, batch | {optim.get('epochs')}, {optim.get('batch_size')} |
-| steps | {run.get('total_steps')} |
-| seed | {config.get('seed')} |
-| code | {run.get('code_version')} |
+| training data | {data.train_set} / {data.train_split}, caption `{data.caption_template}` |
+| optimiser | AdamW lr {optim.lr}, weight decay {optim.weight_decay}, {optim.warmup_steps} warm-up steps, cosine |
+| epochs, batch | {optim.epochs}, {optim.batch_size} |
+| steps | {run.total_steps} |
+| seed | {config.seed} |
+| code | {run.code_version} |
 
 ## Evaluation results
 
@@ -131,9 +134,9 @@ tokenizer = open_clip.get_tokenizer("local-dir:PATH")
 
 def export_run(run_dir: Path, out: Path, alpha: float | None = None) -> list[Path]:
     """Write the open_clip Hub folder of a finished run into `out`; return the files written."""
-    run_dir, out = Path(run_dir), Path(out)
-    loaded = load_run(run_dir, alpha=alpha)
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    run_dir, out = RunDir(Path(run_dir)), Path(out)
+    loaded = load_run(run_dir.path, alpha=alpha)
+    run = run_dir.read_record()
     model = loaded.bundle.model
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{WEIGHTS}.tmp"
@@ -155,7 +158,7 @@ def export_run(run_dir: Path, out: Path, alpha: float | None = None) -> list[Pat
     card = model_card(run, _eval_results(run_dir, alpha), alpha, loaded.head_weight is not None)
     atomic_write_text(out / "README.md", str(card))
     written.append(out / "README.md")
-    atomic_write_json(out / "export.json", {"run_dir": str(run_dir), "alpha": alpha,
+    atomic_write_json(out / "export.json", {"run_dir": str(run_dir.path), "alpha": alpha,
                                             "checkpoint_sha256": loaded.identity["checkpoint_sha256"],
                                             "weights_sha256": sha256_file(out / WEIGHTS)})
     written.append(out / "export.json")

@@ -63,6 +63,20 @@ ACCEPTED_WEIGHTS = ("a PyTorch state dict or checkpoint saved with torch.save (.
                     "or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
 
 
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate: weights, its trained head if any, and its identity in metrics JSON.
+
+    The head maps unit image features to logits, ``normalize(f(x)) @ head_weight.T``; `identity`
+    is what metrics files record as ``model`` (name, pretrained, run dir, checkpoint, its sha256, α).
+    """
+
+    bundle: ClipBundle
+    head_weight: torch.Tensor | None
+    head_classnames: list[str] | None
+    identity: dict[str, Any]
+
+
 def read_checkpoint(path: Path) -> Any:
     """`torch.load` a file (a ``.safetensors`` file with safetensors); a broken file is one-line `ModelLoadError`.
 

@@ -31,6 +31,7 @@ from stages import plan
 from stages.config import (ConfigError, GradcamFigureSpec, GroupFigureSpec, LossFigureSpec, TableSpec,
                            TradeoffFigureSpec, WorkflowConfig)
 from stages.io import atomic_write_binary
+from stages.methods import method_spec
 from stages.reports.tables import Stat, column_values, display, with_averages
 
 MAX_NOTES = 12  # notes printed under the plot (the CLI prints all of them)
@@ -95,9 +96,10 @@ def seed_note(where: str, series: str, seeds: int, planned: int) -> list[str]:
 def group_panels(config: WorkflowConfig, spec: GroupFigureSpec) -> tuple[list[Panel], list[str]]:
     """One panel per benchmark: per subgroup and table row, top-1 minus zero-shot's (percentage points)."""
     table = config.tables[spec.table]
-    methods = spec.methods or [method for method in table.methods if method != "zeroshot"]
+    methods = spec.methods or [method for method in table.methods if method_spec(method).trains]
     cells = [cell for cell in plan.table_cells(config, spec.table) if cell.alpha is None]
-    zeroshot = {(c.run.model.name, c.run.data.train_set): c for c in cells if c.run.method == "zeroshot"}
+    # The reference: the table's untrained model (zero-shot) of the same arch and train set.
+    zeroshot = {(c.run.model.name, c.run.data.train_set): c for c in cells if not method_spec(c.run.method).trains}
     panels, missing = [], []
     for benchmark in spec.benchmarks:
         order: dict[str, None] = {}  # subgroups in the zero-shot file's order
@@ -140,13 +142,14 @@ def group_panels(config: WorkflowConfig, spec: GroupFigureSpec) -> tuple[list[Pa
 def tradeoff_panels(config: WorkflowConfig, spec: TradeoffFigureSpec) -> tuple[list[Panel], list[str]]:
     """One panel: spec.y against spec.x, one point per λ (StarFT rows) or per α (each method's curve)."""
     table = config.tables[spec.table]
-    methods = spec.methods or [method for method in table.methods if method != "zeroshot"]
+    methods = spec.methods or [method for method in table.methods if method_spec(method).trains]
     lam = spec.kind == "lambda"
     symbol, skip = ("λ", "lam") if lam else ("α", "ensemble")
     # series -> λ or α -> seed -> merged column values of the runs behind that point
     values: dict[str, dict[float, dict[int, dict[str, float | None]]]] = {}
     for cell in plan.table_cells(config, spec.table):
-        if (cell.alpha is None) != lam or (lam and cell.run.method != "starft") or cell.run.method not in methods:
+        if ((cell.alpha is None) != lam or (lam and not method_spec(cell.run.method).uses_lambda)
+                or cell.run.method not in methods):
             continue
         setting = cell.run.lam if lam else cell.alpha
         series = values.setdefault(series_label(config, table, cell, skip), {})
@@ -181,24 +184,24 @@ def read_log(path: Path, key: str) -> dict[int, float] | None:
 def loss_inputs(config: WorkflowConfig, spec: LossFigureSpec) -> list[Path]:
     """The ``<run dir>/train_log.jsonl`` files a loss figure reads: every trained run of its table."""
     methods = spec.methods or config.tables[spec.table].methods
-    runs = {cell.run.run_dir(config.results) for cell in plan.table_cells(config, spec.table)
-            if cell.alpha is None and cell.run.method != "zeroshot" and cell.run.method in methods}
-    return sorted(run / "train_log.jsonl" for run in runs)
+    runs = {cell.run_dir(config.results) for cell in plan.table_cells(config, spec.table)
+            if cell.alpha is None and method_spec(cell.run.method).trains and cell.run.method in methods}
+    return sorted(run.log for run in runs)
 
 
 def loss_panels(config: WorkflowConfig, spec: LossFigureSpec) -> tuple[list[Panel], list[str]]:
     """One panel: spec.field over optimiser steps, one curve per table row, mean ± std over seeds per step."""
     table = config.tables[spec.table]
-    methods = spec.methods or [method for method in table.methods if method != "zeroshot"]
+    methods = spec.methods or [method for method in table.methods if method_spec(method).trains]
     curves: dict[str, dict[int, dict[int, float]]] = {}  # series -> step -> seed -> value
     planned: dict[str, int] = {}
     missing = []
     for cell in plan.table_cells(config, spec.table):
-        if cell.alpha is not None or cell.run.method == "zeroshot" or cell.run.method not in methods:
+        if cell.alpha is not None or not method_spec(cell.run.method).trains or cell.run.method not in methods:
             continue
         series = series_label(config, table, cell, skip="ensemble")
         planned[series] = planned.get(series, 0) + 1
-        path = cell.run.run_dir(config.results) / "train_log.jsonl"
+        path = cell.run_dir(config.results).log
         log = read_log(path, spec.field)
         if not log:
             missing.append(f"{series}: seed {cell.seed}: no {spec.field} in {path}")

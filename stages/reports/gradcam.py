@@ -39,12 +39,12 @@ from stages.config import ConfigError, GradcamFigureSpec, WorkflowConfig
 from stages.data.source import LabeledImages, build_dataset, load_image
 from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from stages.evaluation.metrics import project_logits
-from stages.evaluation.run import EvalModel, classifier, load_pretrained, load_run
+from stages.evaluation.run import classifier, load_pretrained, load_run
 from stages.evaluation.zeroshot import HeadCache
-from stages.models.factory import ClipBundle
+from stages.methods import method_spec
+from stages.models.factory import ClipBundle, LoadedModel
 from stages.reports.figures import save_png
 from stages.reports.tables import display
-from stages.training.checkpoint import BEST
 
 NOTE_CHARS = 110  # characters per line of the notes under the figure
 
@@ -169,7 +169,7 @@ def _method_runs(config: WorkflowConfig, spec: GradcamFigureSpec) -> dict[str, p
     runs: dict[str, plan.Cell] = {}
     for cell in plan.table_cells(config, spec.table):
         if cell.alpha is None and cell.run.method in spec.methods and (cell.seed == seed or
-                                                                       cell.run.method == "zeroshot"):
+                                                                       not method_spec(cell.run.method).trains):
             runs.setdefault(cell.run.method, cell)
     return runs
 
@@ -179,20 +179,20 @@ def figure_inputs(config: WorkflowConfig, name: str) -> list[Path]:
     paths = []
     for cell in _method_runs(config, config.figures[name]).values():
         run = cell.run
-        if run.method != "zeroshot":
-            paths.append(run.run_dir(config.results) / BEST)
+        if method_spec(run.method).trains:
+            paths.append(cell.run_dir(config.results).best)
         elif "/" in run.model.pretrained:  # a weights file (e.g. the demo's), not an open_clip tag
             paths.append(Path(run.model.pretrained))
     return paths
 
 
-def _load(config: WorkflowConfig, cell: plan.Cell) -> EvalModel | None:
+def _load(config: WorkflowConfig, cell: plan.Cell) -> LoadedModel | None:
     """The model evaluation scores for `cell`: pretrained weights for zero-shot, else the run's best.pt."""
     run = cell.run
-    if run.method == "zeroshot":
+    if not method_spec(run.method).trains:
         return load_pretrained(run.model.name, run.model.pretrained)
-    run_dir = run.run_dir(config.results)
-    return load_run(run_dir) if (run_dir / BEST).is_file() else None
+    run_dir = cell.run_dir(config.results)
+    return load_run(run_dir.path) if run_dir.best.is_file() else None
 
 
 def build_gradcam(config: WorkflowConfig, name: str, device: str | torch.device = "cpu") -> GradcamPlot:
@@ -217,7 +217,7 @@ def build_gradcam(config: WorkflowConfig, name: str, device: str | torch.device 
         cell = runs.get(method)
         loaded = _load(config, cell) if cell is not None else None
         if loaded is None:
-            where = cell.run.run_dir(config.results) / BEST if cell is not None else "no run in the table"
+            where = cell.run_dir(config.results).best if cell is not None else "no run in the table"
             missing.append(f"{column.label}: {where}")
             continue
         bundle: ClipBundle = loaded.bundle

@@ -17,6 +17,8 @@ from typing import Any
 from stages import plan
 from stages.config import WorkflowConfig
 from stages.io import atomic_write_text
+from stages.methods import method_spec
+from stages.rundir import run_slots
 
 SLOTS = ["arch", "pretrained", "train_set", "method", "variant", "bank", "concept", "lam", "seed", "alpha",
          "benchmark", "run_dir"]
@@ -28,7 +30,7 @@ def all_results(config: WorkflowConfig) -> tuple[list[dict[str, Any]], list[Path
     missing: set[Path] = set()
     for number, table in config.tables.items():
         for cell in plan.table_cells(config, number):
-            run, run_dir = cell.run, cell.run.run_dir(config.results)
+            run, run_dir = cell.run, cell.run_dir(config.results).path
             for column in table.columns:
                 key = (str(run_dir), cell.alpha, column.benchmark)
                 if key in rows or not plan.fills(column, cell):
@@ -41,9 +43,9 @@ def all_results(config: WorkflowConfig) -> tuple[list[dict[str, Any]], list[Path
                 bank = plan.bank_name(config, run)
                 rows[key] = {
                     "arch": run.model.name, "pretrained": run.model.pretrained, "train_set": run.data.train_set,
-                    "method": run.method, "variant": run.variant(), "bank": bank,
+                    "method": run.method, "variant": run_slots(run)["variant"], "bank": bank,
                     "concept": run.spurious.concept if bank != "-" else "-",
-                    "lam": run.lam if run.method == "starft" else None, "seed": run.seed, "alpha": cell.alpha,
+                    "lam": run.lam if method_spec(run.method).uses_lambda else None, "seed": run.seed, "alpha": cell.alpha,
                     "benchmark": column.benchmark, "run_dir": str(run_dir),
                     **{name: value for name, value in payload.get("metrics", {}).items()},
                     "n": payload.get("n"), "images_per_s": payload.get("images_per_s"),

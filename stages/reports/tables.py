@@ -24,12 +24,9 @@ from pathlib import Path
 from stages import plan
 from stages.config import TableSpec, TrainConfig, WorkflowConfig
 from stages.io import atomic_write_text
+from stages.methods import method_spec
 
 PAPER_DIR = Path(__file__).parent / "paper"
-METHOD_NAMES = {
-    "zeroshot": "Zeroshot", "ft": "FT", "flyp": "FLYP", "carft": "CAR-FT", "carot": "CaRot",
-    "lipsumft": "Lipsum-FT", "starft": "StarFT",
-}
 SLOT_HEADERS = {
     "arch": "arch", "train_set": "train set", "method": "method", "variant": "variant",
     "bank": "bank", "concept": "concept", "lam": "λ", "ensemble": "ensemble",
@@ -134,7 +131,7 @@ def seed_values(config: WorkflowConfig, spec: TableSpec, cells: list[plan.Cell])
 def display(config: WorkflowConfig, slot: str, value: str) -> str:
     """How a row slot value is printed (paper method names, bank labels)."""
     if slot == "method":
-        return METHOD_NAMES[value]
+        return method_spec(value).display
     if slot == "bank" and value in config.banks:
         return config.banks[value].label or value
     return value
@@ -142,8 +139,8 @@ def display(config: WorkflowConfig, slot: str, value: str) -> str:
 
 def paper_key(config: WorkflowConfig, spec: TableSpec, run: TrainConfig, ensemble: bool) -> dict[str, str]:
     """The values of the paper CSV's key columns that describe `run` (see ``PAPER_KEYS``)."""
-    star = run.method == "starft"
-    method = METHOD_NAMES[run.method]
+    star = method_spec(run.method).uses_spurious  # the paper's "L_Star" column: a Star term on spurious captions
+    method = method_spec(run.method).display
     bank = plan.bank_name(config, run)
     if "bank" in spec.rows and bank != "-":
         method += f" ({display(config, 'bank', bank)})"

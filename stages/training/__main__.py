@@ -22,7 +22,7 @@ from stages.config import ConfigError, TrainConfig, load_train_config
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``["optim.lr=1e-4", "method=flyp"]`` -> ``{"optim.lr": 1e-4, "method": "flyp"}`` (values parsed as YAML)."""
+    """``["optim.lr=1e-4", "seed=2"]`` -> ``{"optim.lr": 1e-4, "seed": 2}`` (values parsed as YAML)."""
     overrides = {}
     for pair in pairs:
         key, separator, value = pair.partition("=")
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.data.source import DatasetError
     from stages.descriptors.bank import BankError
     from stages.models.factory import ModelLoadError
+    from stages.rundir import RunDir
     from stages.training.distributed import LaunchError
     from stages.training.loop import train
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
             return 0
-        run_dir = args.out or config.run_dir(args.results)
+        run_dir = RunDir(args.out) if args.out is not None else RunDir.of(config, args.results)
         best = train(config, run_dir, force=args.force)
     except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)

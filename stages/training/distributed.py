@@ -175,10 +175,15 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_batch(tensor: Tensor) -> Tensor:
-    """Concatenate every rank's `tensor` along dim 0 in rank order; gradients flow back to each shard."""
+def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor with every rank's shard concatenated along dim 0 in rank order (one call per step
+    gathers everything a loss needs); gradients flow back to each shard. One process: the tensors."""
     if not _distributed():
-        return tensor
+        return tensors
+    return tuple(_gather(tensor) for tensor in tensors)
+
+
+def _gather(tensor: Tensor) -> Tensor:
     if tensor.requires_grad:
         with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
             warnings.simplefilter("ignore", FutureWarning)
@@ -200,12 +205,12 @@ class _StepModule(nn.Module):
         super().__init__()
         self.method = method
 
-    def forward(self, batch: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
-        return self.method.training_step(batch, lam)
+    def forward(self, batch: dict[str, Tensor], progress: Any) -> dict[str, Tensor]:
+        return self.method.training_step(batch, progress)
 
 
 class TrainingStep:
-    """``step(batch, lam) -> terms`` of a method, through DDP when the job has several ranks.
+    """``step(batch, progress) -> terms`` of a method, through DDP when the job has several ranks.
 
     ``no_sync()`` wraps the micro-batches of an accumulated step but the last: their gradients
     accumulate locally and the last backward all-reduces the sum. Every trainable parameter
@@ -223,8 +228,8 @@ class TrainingStep:
                 if device.type == "cuda" else None,
             )
 
-    def __call__(self, batch: dict[str, Tensor], lam: float) -> dict[str, Any]:
-        return self.module(batch, lam)
+    def __call__(self, batch: dict[str, Tensor], progress: Any) -> dict[str, Any]:
+        return self.module(batch, progress)
 
     def no_sync(self) -> AbstractContextManager[Any]:
         """Skip the gradient all-reduce of the backward passes inside (single process: nothing to skip)."""

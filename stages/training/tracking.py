@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 from stages.io import atomic_write_text
-
-TB_DIR = "tb"
-WANDB_ID = "wandb_id.txt"
+from stages.rundir import RunDir
 
 
 class TrackingError(RuntimeError):
@@ -30,15 +27,14 @@ class TrackingError(RuntimeError):
 class Tracker:
     """Scalars to TensorBoard and/or W&B; a tracker with no backends (or off rank 0) does nothing."""
 
-    def __init__(self, run_dir: Path, backends: list[str], config: dict[str, Any], enabled: bool = True) -> None:
+    def __init__(self, run_dir: RunDir, backends: list[str], config: dict[str, Any], enabled: bool = True) -> None:
         self._tensorboard = self._wandb = None
         if not enabled:
             return
-        run_dir = Path(run_dir)
         if "tensorboard" in backends:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(run_dir / TB_DIR))
+            self._tensorboard = SummaryWriter(log_dir=str(run_dir.tensorboard))
         if "wandb" in backends:
             self._wandb = _start_wandb(run_dir, config)
 
@@ -64,21 +60,21 @@ class Tracker:
         self._tensorboard = self._wandb = None
 
 
-def _start_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
+def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
     """Start (or resume, with the id stored in the run dir) the W&B run of `run_dir`."""
     try:
         import wandb
     except ImportError as error:
         raise TrackingError("tracking: wandb is listed but the wandb package is not installed; "
                             "pip install wandb, or drop wandb from tracking") from error
-    id_file = run_dir / WANDB_ID
+    id_file = run_dir.wandb_id
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
         run_id = uuid.uuid4().hex[:8]
         atomic_write_text(id_file, run_id + "\n")
     # Run name: the slots under results/runs/ (arch/train set/method/.../seed), joined.
-    parts = run_dir.resolve().parts
-    name = "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else run_dir.name
+    parts = run_dir.path.resolve().parts
+    name = "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else run_dir.path.name
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "stages"), name=name, id=run_id, resume="allow",
-                      dir=str(run_dir), config=config)
+                      dir=str(run_dir.path), config=config)

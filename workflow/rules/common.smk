@@ -11,6 +11,8 @@ import shlex
 
 import yaml
 
+from stages.methods import method_spec
+
 
 # `python -m stages.training` options for the execution settings kept out of train.yaml (the same
 # for every run of the grid).
@@ -34,9 +36,14 @@ def eval_execution(wildcards, resources) -> str:
     return EVAL_EXECUTION
 
 
-def run_dir(wildcards) -> str:
+def run_dir_of(wildcards) -> RunDir:
     """The run directory the wildcards spell."""
-    return f"{RESULTS}/runs/{RUN.format(**wildcards)}"
+    return RunDir(WF.results / "runs" / RUN.format(**wildcards))
+
+
+def run_dir(wildcards) -> str:
+    """The path of the run directory the wildcards spell."""
+    return str(run_dir_of(wildcards).path)
 
 
 def run_of(wildcards):
@@ -87,17 +94,17 @@ def launcher(wildcards, resources, threads) -> str:
 
 
 def trained_input(wildcards) -> list[str]:
-    """The run's best.pt (nothing for a zero-shot run, which is evaluated from its pretrained weights)."""
-    return [] if run_of(wildcards).method == "zeroshot" else [f"{run_dir(wildcards)}/best.pt"]
+    """The run's best.pt (nothing for a method that does not train: evaluated from its pretrained weights)."""
+    return [run_dir_of(wildcards).best.as_posix()] if method_spec(run_of(wildcards).method).trains else []
 
 
 def model_arguments(wildcards) -> str:
-    """``--model/--pretrained`` for a zero-shot run, ``--run-dir`` otherwise; heads cached in the run dir."""
+    """``--run-dir`` for a trained run; ``--model/--pretrained`` (heads cached in the run dir) for one that does not train."""
     run = run_of(wildcards)
-    if run.method == "zeroshot":
-        heads = f"{run_dir(wildcards)}/eval/heads"
-        return f"--model {run.model.name} --pretrained {run.model.pretrained} --head-cache {heads}"
-    return f"--run-dir {run_dir(wildcards)}"
+    if method_spec(run.method).trains:
+        return f"--run-dir {run_dir(wildcards)}"
+    heads = run_dir_of(wildcards).heads.as_posix()
+    return f"--model {run.model.name} --pretrained {run.model.pretrained} --head-cache {heads}"
 
 
 def run_requests(wildcards) -> list[str]:

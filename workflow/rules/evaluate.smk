@@ -12,7 +12,7 @@ rule evaluate:
         trained_input,
         demo_inputs,
     output:
-        f"{RESULTS}/runs/{RUN}/eval/index.json",
+        RUN_DIR.eval_index.as_posix(),
     log:
         f"{RESULTS}/logs/evaluate/{RUN}.log",
     benchmark:

@@ -12,7 +12,7 @@ localrules:
 
 rule run_config:
     output:
-        f"{RESULTS}/runs/{RUN}/train.yaml",
+        RUN_DIR.train_yaml.as_posix(),
     log:
         f"{RESULTS}/logs/run_config/{RUN}.log",
     params:
@@ -25,11 +25,11 @@ rule run_config:
 
 rule train:
     input:
-        config=f"{RESULTS}/runs/{RUN}/train.yaml",
+        config=RUN_DIR.train_yaml.as_posix(),
         bank=run_bank,
         demo=demo_inputs,
     output:
-        f"{RESULTS}/runs/{RUN}/best.pt",
+        RUN_DIR.best.as_posix(),
     log:
         f"{RESULTS}/logs/train/{RUN}.log",
     benchmark:

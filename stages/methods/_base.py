@@ -1,0 +1,159 @@
+"""The base of every method: the student, its class captions, and the hooks the training loop calls.
+
+A method computes named, already weighted loss terms of one micro-batch (`training_step`); the loop
+sums them, backpropagates and logs each one. The maths of every term lives in
+stages/training/losses.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.text import encode_text_trimmed, trim_tokens
+from stages.methods._spec import MethodSpec
+
+if TYPE_CHECKING:
+    from stages.config import TrainConfig
+    from stages.models.factory import ClipBundle
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a step starts: `step` optimiser steps taken so far, in `epoch` (0-based)."""
+
+    step: int
+    epoch: int
+    total_steps: int
+    epochs: int
+
+
+@dataclass
+class MethodContext:
+    """Everything a method needs to set itself up."""
+
+    bundle: ClipBundle
+    classnames: list[str]
+    config: TrainConfig
+    total_steps: int
+
+
+def unit(features: Tensor) -> Tensor:
+    """L2-normalised features (the last dimension)."""
+    return F.normalize(features, dim=-1)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's (first) parameter."""
+    return next(module.parameters()).device
+
+
+class Method(nn.Module):
+    """Holds the student and the tokenised class captions; subclasses add their terms and teachers."""
+
+    spec: ClassVar[MethodSpec]  # set by register_method
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__()
+        self.student = context.bundle.model
+        self.tokenizer = context.bundle.tokenizer
+        self.classnames = list(context.classnames)
+        self.config = context.config
+        # This method's `options.<name>` block (None for a method without options).
+        self.options = getattr(context.config.options, self.spec.name, None)
+        captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
+        self.register_buffer("caption_tokens", self.tokenizer(captions).to(module_device(self.student)),
+                             persistent=False)
+        # The longest caption's length, read once: trimming each batch to its own longest would
+        # read the tokens back from the device (a host-device sync) every step.
+        self.caption_length = trim_tokens(self.caption_tokens).shape[1]
+
+    def train(self, mode: bool = True) -> Method:
+        """Switch the student; a frozen or EMA teacher always stays in eval mode (and its fast inference paths)."""
+        super().train(mode)
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None:
+            teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (weight decay applies to all of them, as the official code)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+        """Named, already weighted loss terms of one (micro-)batch; the loop sums them."""
+        raise NotImplementedError
+
+    def sample_draw(self) -> Callable[[], dict[str, int]] | None:
+        """A picklable function the data loader calls for each sample under that sample's seed (after its
+        crop), whose values join the batch; None when the method draws nothing per sample."""
+        return None
+
+    def begin_step(self, progress: Progress) -> None:
+        """Hook run before each optimiser step's micro-batches."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook run after each optimiser step (CaRot's EMA); `step` = optimiser steps taken, this one included."""
+
+    def log_values(self, progress: Progress) -> dict[str, float]:
+        """Scalars of the method's own schedule logged with each train_log.jsonl row (StarFT: λ)."""
+        return {}
+
+    def record(self) -> dict[str, Any]:
+        """Facts of the run's inputs the method read (its bank's sha256), recorded in run.json."""
+        return {}
+
+    def optimizer_weight_decay(self) -> float:
+        """AdamW's weight decay for this method (the train set's ``optim.weight_decay`` unless it overrides)."""
+        return self.config.optim.weight_decay
+
+    def head_state(self) -> dict[str, Any] | None:
+        """The trained classification head to checkpoint, or None for contrastive methods."""
+        return None
+
+    def load_head_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError(f"{self.spec.name} has no trained head")
+
+    def teacher_state(self) -> dict[str, Tensor] | None:
+        """State of a moving teacher that a resumed run must restore (CaRot's EMA), else None."""
+        return None
+
+    def load_teacher_state(self, state: dict[str, Tensor]) -> None:
+        raise NotImplementedError(f"{self.spec.name} has no moving teacher")
+
+    @torch.no_grad()
+    def class_head(self) -> Tensor:
+        """[classes, d] classifier for ID validation (built once per pass): zero-shot head of the current text tower."""
+        return build_zeroshot_weights(self.student, self.tokenizer, self.classnames, [self.config.data.caption_template])
+
+    @torch.no_grad()
+    def class_logits(self, images: Tensor, head: Tensor) -> Tensor:
+        """Logits over the training classes of `head` (from :meth:`class_head`) on the student's image features."""
+        return unit(self.student.encode_image(images).float()) @ head.T.float()
+
+    def compile_towers(self) -> None:
+        """``torch.compile`` the image and text towers of the student and of the teacher, in place.
+
+        ``nn.Module.compile`` wraps each tower's call, so parameter names, state dicts and
+        checkpoints are unchanged; the losses stay eager (they are small and must stay fp32).
+        The trimmed text length varies between batches, which dynamo handles by marking that
+        dimension dynamic after its first recompilation.
+        """
+        for model in (self.student, getattr(self, "teacher", None)):
+            if model is None:
+                continue
+            for tower in ("visual", "transformer", "text"):  # open_clip CLIP, or CustomTextCLIP's text tower
+                module = getattr(model, tower, None)
+                if isinstance(module, nn.Module):
+                    module.compile()
+
+    def clip_features(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The student's unit image features and unit features of each sample's class caption."""
+        return (unit(self.student.encode_image(images)),
+                unit(encode_text_trimmed(self.student, self.caption_tokens[labels], length=self.caption_length)))

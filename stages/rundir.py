@@ -1,0 +1,238 @@
+"""The run directory: its path from a run's slots, every file in it, its run record and its weights.
+
+The only code that knows run-directory paths and file names (DESIGN.md, "Scale, hand-off and
+ownership"); training, evaluation, export, plan, reports and the workflow's rules use it::
+
+    results/runs/<arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>/
+        train.yaml            the run's config, execution settings aside (written by the workflow)
+        run.json              the run record (`RunRecord`): config, provenance, classes, sizes
+        train_log.jsonl       one row per log window: loss terms, lr, λ, speed, grad norm
+        tb/                   TensorBoard events (wandb_id.txt: the W&B run id, to resume the same W&B run)
+        ckpt/last.pt          resumable checkpoint (ckpt/prev.pt: the one before it)
+        ckpt/best_val.pt      best ID-validation weights (select: val)
+        best.pt               the result's weights, written last: its presence means the run is finished
+        eval/<benchmark>[@alpha<α>].json, eval/index.json, eval/heads/   evaluation's metrics and caches
+
+``best.pt`` and ``ckpt/last.pt`` hold (``torch.load(weights_only=True)`` reads both)::
+
+    {"state_dict": model state dict (fp32),
+     "head": None | {"weight": Tensor[C, d], "classnames": [str, ...],   # head-based methods
+                     "parameter": Tensor[C, d]},   # what trains: = weight, or W of Lipsum-FT's s·W
+     "model_name": str, "pretrained": str | None, "method": str, "step": int}
+
+``last.pt`` adds optimiser, scheduler, scaler, loop counters, the teacher of a moving-teacher
+method and every RNG state. A head maps L2-normalised image features to logits:
+``normalize(f(x)) @ weight.T`` (the zero-shot scale is folded into the weight).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import ValidationError
+
+from stages.config import ConfigError, ModelConfig, TrainConfig, validation_message
+from stages.io import atomic_torch_save, atomic_write_json
+from stages.methods import method_spec
+from stages.strict import Strict
+
+if TYPE_CHECKING:
+    from stages.models.factory import LoadedModel
+
+# The slots of a run directory, in path order; the workflow's wildcards carry the same names.
+SLOTS = ("arch", "train_set", "method", "variant", "bank_concept", "lam", "seed")
+PATTERN = "/".join(f"{{{slot}}}" for slot in SLOTS)
+"""The run directory under ``<results>/runs`` as a snakemake wildcard pattern."""
+BEST = "best.pt"
+"""The result's weights file (in the run dir), the default checkpoint of evaluation and export."""
+
+
+class RunRecord(Strict):
+    """``run.json``: what a run was (its config) and what it saw (provenance, classes, sizes)."""
+
+    config: TrainConfig
+    model: ModelConfig
+    method: str
+    code_version: str
+    provenance: dict[str, Any]
+    bank_sha256: str | None = None
+    num_descriptors: int = 0
+    classnames: list[str]
+    train_size: int
+    steps_per_epoch: int
+    total_steps: int
+    device: str
+    world_size: int = 1
+    finished: str | None = None
+
+
+def run_slots(config: TrainConfig) -> dict[str, str]:
+    """The run-dir slot values of `config` (``-`` for a slot its method does not use)."""
+    spec = method_spec(config.method)
+    pretrained = Path(config.model.pretrained).stem if "/" in config.model.pretrained else config.model.pretrained
+    spurious = config.spurious
+    variant = (f"suffix-{spurious.suffix}_mask-{'on' if spurious.mask else 'off'}_decay-{spurious.decay}"
+               if spec.uses_spurious else "-")
+    return {"arch": f"{config.model.name}-{pretrained}", "train_set": config.data.train_set, "method": config.method,
+            "variant": variant, "bank_concept": f"{spurious.bank.stem}-{spurious.concept}" if uses_bank(config) else "-",
+            "lam": f"lam{config.lam:g}" if spec.uses_lambda else "-", "seed": f"seed{config.seed}"}
+
+
+def uses_bank(config: TrainConfig) -> bool:
+    """Whether the run reads a descriptor bank (a method using spurious captions, drawn from the bank)."""
+    return method_spec(config.method).uses_spurious and config.spurious.suffix == "spurious"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory: every path in it, its record and its checkpoints."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, config: TrainConfig, results: Path = Path("results")) -> RunDir:
+        """The run directory of `config` under `results`."""
+        return cls(Path(results) / "runs" / PATTERN.format(**run_slots(config)))
+
+    @property
+    def train_yaml(self) -> Path:
+        return self.path / "train.yaml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train_log.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def wandb_id(self) -> Path:
+        return self.path / "wandb_id.txt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def last(self) -> Path:
+        return self.path / "ckpt" / "last.pt"
+
+    @property
+    def prev(self) -> Path:
+        """The checkpoint before ``last.pt``: moved aside just before a new ``last.pt`` is written."""
+        return self.path / "ckpt" / "prev.pt"
+
+    @property
+    def best_val(self) -> Path:
+        return self.path / "ckpt" / "best_val.pt"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def eval_index(self) -> Path:
+        """Written by the run's evaluation job once all its metrics files are."""
+        return self.eval_dir / "index.json"
+
+    @property
+    def heads(self) -> Path:
+        """Cached zero-shot heads of the run's evaluation."""
+        return self.eval_dir / "heads"
+
+    def metrics(self, request: str) -> Path:
+        """The metrics JSON of one evaluation request ``<benchmark>[@alpha<α>]``."""
+        return self.eval_dir / f"{request}.json"
+
+    def training_files(self) -> tuple[Path, ...]:
+        """What training writes (and ``--force`` clears): weights, checkpoints, log."""
+        return self.best, self.last, self.prev, self.best_val, self.log
+
+    # --- the run record ---------------------------------------------------------------------
+    def read_record(self) -> RunRecord | None:
+        """The run record, or None before training wrote one; a record that does not validate is a `ConfigError`."""
+        if not self.record_path.is_file():
+            return None
+        try:
+            return RunRecord.model_validate_json(self.record_path.read_text(encoding="utf-8"))
+        except ValidationError as error:
+            raise ConfigError(f"{self.record_path}: not a run record of this pipeline version "
+                              f"({validation_message(error)}); retrain the run (or rewrite its run.json)") from error
+
+    def write_record(self, record: RunRecord) -> None:
+        atomic_write_json(self.record_path, json.loads(record.model_dump_json()))
+
+    # --- weights ----------------------------------------------------------------------------
+    @staticmethod
+    def weights_payload(student: torch.nn.Module, head: dict[str, Any] | None, config: TrainConfig,
+                        step: int) -> dict[str, Any]:
+        """The weights part of a checkpoint (see the module docstring): fp32 state dict on the CPU."""
+        return {"state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                               for k, v in student.state_dict().items()},
+                "head": head, "model_name": config.model.name, "pretrained": config.model.pretrained,
+                "method": config.method, "step": step}
+
+    @staticmethod
+    def save(path: Path, payload: dict[str, Any]) -> None:
+        """Write a checkpoint atomically (a reader never sees half a file)."""
+        atomic_torch_save(path, payload)
+
+    def load_model(self, checkpoint: str = BEST, device: str | torch.device = "cpu") -> LoadedModel:
+        """The model of a finished run: architecture and weights from `checkpoint` (a file in the run dir)."""
+        # open_clip (~4 s to import) only when a model is built, not when a plan reads paths.
+        from stages.models.factory import LoadedModel, ModelLoadError, create_clip, read_checkpoint
+
+        path = self.path / checkpoint
+        for required in (self.record_path, path):
+            if not required.is_file():
+                raise ModelLoadError(
+                    f"{required} is missing: {self.path} is not a finished training run "
+                    "(train it with `python -m stages.training --config CONFIG --out RUN_DIR`)"
+                )
+        payload = read_checkpoint(path)
+        bundle = create_clip(payload["model_name"], None, device="cpu")
+        bundle.model.load_state_dict(payload["state_dict"])
+        bundle.model.to(device)
+        bundle.pretrained = payload["pretrained"]
+        head = payload.get("head")
+        return LoadedModel(bundle=bundle, head_weight=None if head is None else head["weight"].to(device),
+                           head_classnames=None if head is None else list(head["classnames"]),
+                           identity={"name": bundle.name, "pretrained": bundle.pretrained, "run_dir": str(self.path),
+                                     "checkpoint": checkpoint, "checkpoint_sha256": None, "alpha": None})
+
+    def load_resume_state(self) -> dict[str, Any] | None:
+        """The resumable state: ``ckpt/last.pt``, else ``ckpt/prev.pt`` (with a warning), else None.
+
+        A corrupt or truncated ``last.pt`` (full disk, copy cut short) falls back to ``prev.pt``; when
+        a checkpoint exists but none loads, `ModelLoadError` names the files and the fix.
+        """
+        from stages.models.factory import ModelLoadError, read_checkpoint
+
+        problems = []
+        for path in (self.last, self.prev):
+            if not path.is_file():
+                continue
+            try:
+                state = read_checkpoint(path)  # RNG states are tensors and plain types: weights_only loads them
+            except ModelLoadError as error:
+                problems.append(str(error).split("; accepted:")[0])
+                continue
+            if not isinstance(state, dict) or "optimizer" not in state:
+                problems.append(f"{path} is not a resumable checkpoint (no optimiser state)")
+                continue
+            if problems:
+                print(f"warning: {problems[0]}; resuming from the previous checkpoint {path} instead")
+            return state
+        if problems:
+            raise ModelLoadError(f"cannot resume {self.path}: {'; '.join(problems)}. Fix: delete {self.last.parent} "
+                                 "to restart this run from scratch (or restore the file)")
+        return None
