@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, create_model, model_validator
+from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, model_validator
 
 from stages.methods import method_spec, option_models
 from stages.strict import Strict
@@ -145,14 +145,27 @@ class OptimConfig(Strict):
         return self
 
 
-_OptionsModel = create_model(
-    "MethodOptions", __base__=Strict, __doc__="Each method's own coefficients (``options.<method>``), defaults "
-    "from its paper/code; a run reads only its method's block.",
-    **{name: (model, Field(default_factory=model, description=(model.__doc__ or "").strip().splitlines()[0]))
-       for name, model in option_models().items()},
-)
+def _method_options(blocks: dict[str, Any]) -> dict[str, Strict]:
+    """Every method's options block, validated by its options model (defaults where absent)."""
+    models = option_models()
+    unknown = sorted(set(blocks) - set(models))
+    if unknown:
+        raise ValueError(f"{unknown}: not methods with options; those are {sorted(models)}")
+    validated = {}
+    for name, model in models.items():
+        try:
+            validated[name] = model.model_validate(blocks.get(name) or {})
+        except ValidationError as error:  # name the block: options.<method>.<key>
+            raise ValueError("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                       for e in error.errors())) from None
+    return validated
+
+
+# ``options.<method>``: each block is validated by that method's options model when a config is
+# (the registry is read then, not when this module is imported: every CLI's --help stays torch-free).
 MethodOptions = Annotated[
-    _OptionsModel,
+    dict[str, Any],
+    AfterValidator(_method_options),
     WithJsonSchema({"type": "object", "description": "options.<method>: that method's coefficients (its options "
                     "model in stages/methods/<method>.py)"}),
 ]
@@ -186,7 +199,7 @@ class TrainConfig(RunSettings):
     lam: float = Field(0.5, ge=0, description="λ of the Star term (Eq. 4), for a method that uses λ")
     spurious: SpuriousConfig = SpuriousConfig()
     optim: OptimConfig = OptimConfig()
-    options: MethodOptions = Field(default_factory=_OptionsModel)
+    options: MethodOptions = Field(default_factory=dict, validate_default=True)
     seed: int = 0
     select: Select = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
 
@@ -451,7 +464,7 @@ class WorkflowConfig(RunSettings):
     seeds: list[int] = Field([0], min_length=1)
     banks: dict[str, BankSpec] = Field(min_length=1, description="bank name -> file (first = default)")
     train_sets: dict[str, TrainSetSpec] = Field(min_length=1)
-    options: MethodOptions = Field(default_factory=_OptionsModel)
+    options: MethodOptions = Field(default_factory=dict, validate_default=True)
     workers: int = Field(4, ge=0, description="data-loader workers of training and evaluation")
     eval_batch_size: int = Field(256, ge=1)
     eval_image_cache: Path | None = Field(None, description="folder of decoded evaluation crops shared by all "

@@ -145,8 +145,8 @@ def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
     monkeypatch.setattr(cls, "after_optimizer_step", after_optimizer_step)
     train(config, tmp_path / "run")
     options = config.options
-    updates, distilled = carot_loss_py_schedule(2, 2, 2, options.carot.momentum_start, options.carot.momentum_end,
-                                                options.carot.momentum_warmup)
+    updates, distilled = carot_loss_py_schedule(2, 2, 2, options["carot"].momentum_start, options["carot"].momentum_end,
+                                                options["carot"].momentum_warmup)
     assert [step for step, _ in updates] == [1, 3]
     teacher = dict(students[0])  # the teacher starts as the pretrained student
     for step, momentum in updates:

@@ -102,7 +102,7 @@ def test_carot_ema_moves_teacher_towards_student() -> None:
     optimizer.step()
     method.after_optimizer_step(1)
     momentum = method.ema_momentum_after(1)
-    assert momentum == method.momentum(0) == method.config.options.carot.momentum_start
+    assert momentum == method.momentum(0) == method.config.options["carot"].momentum_start
     for (key, teacher_value), student_value in zip(method.teacher.named_parameters(), method.student.parameters()):
         expected = momentum * teacher_before[key] + (1 - momentum) * student_value.detach()
         torch.testing.assert_close(teacher_value, expected)
@@ -233,8 +233,8 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     source = build_dataset("synthetic", None, "train:16")
     method = build_method("carot", MethodContext(bundle, source.classnames, config, total_steps=total))
     options = config.options
-    expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options.carot.momentum_start,
-                                                 options.carot.momentum_end, options.carot.momentum_warmup)
+    expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options["carot"].momentum_start,
+                                                 options["carot"].momentum_end, options["carot"].momentum_warmup)
     ours = [(step, m) for step in range(1, total + 1) if (m := method.ema_momentum_after(step)) is not None]
     assert [step for step, _ in ours] == [step for step, _ in expected]
     for (_, got), (_, want) in zip(ours, expected):

@@ -12,17 +12,16 @@
 
 A method is one module here: a ``MethodSpec`` (what planning, configs and reports know of it: see
 _spec.py), an optional options model (its ``options.<name>`` config block) and a ``Method``
-subclass (_base.py) registered with ``@register_method(spec)``. Every public module of this
-package is imported below, so a new file is a new method (docs/extending.md). Modules whose
-name starts with ``_`` hold shared parts.
+subclass (_base.py) registered with ``@register_method(spec)``. Every module of this package
+whose name does not start with ``_`` (those hold shared parts) is imported the first time the
+registry is read, so a new file is a new method (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
+from typing import Any
 
-from stages.methods._base import Method, MethodContext, Progress
 from stages.methods._spec import (
     MethodSpec,
     build_method,
@@ -33,9 +32,16 @@ from stages.methods._spec import (
     register_method,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+# The torch side (the base class and what the loop hands a method) loads on first use: importing the
+# registry's spec API (the config schema, every CLI's --help) must not import torch.
+_TORCH_SIDE = {"Method": "_base", "MethodContext": "_base", "Progress": "_base"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _TORCH_SIDE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_TORCH_SIDE[name]}"), name)
+
 
 __all__ = ["Method", "MethodContext", "MethodSpec", "Progress", "build_method", "method_class", "method_names",
            "method_spec", "option_models", "register_method"]

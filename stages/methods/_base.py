@@ -66,7 +66,7 @@ class Method(nn.Module):
         self.classnames = list(context.classnames)
         self.config = context.config
         # This method's `options.<name>` block (None for a method without options).
-        self.options = getattr(context.config.options, self.spec.name, None)
+        self.options = context.config.options.get(self.spec.name)
         captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
         self.register_buffer("caption_tokens", self.tokenizer(captions).to(module_device(self.student)),
                              persistent=False)

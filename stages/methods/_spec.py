@@ -6,6 +6,8 @@ names and the training loop read a method's `MethodSpec`; only the training loop
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,23 @@ class MethodSpec:
 
 _SPECS: dict[str, MethodSpec] = {}
 _CLASSES: dict[str, type] = {}
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every method module of the package once (registering each), on the registry's first use.
+
+    Deferred so that importing the config schema (every CLI's ``--help``) does not import torch.
+    """
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import stages.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def register_method(spec: MethodSpec) -> Callable[[type], type]:
@@ -64,11 +83,13 @@ def register_method(spec: MethodSpec) -> Callable[[type], type]:
 
 def method_names() -> list[str]:
     """Registered method names, in registration order."""
+    _discover()
     return list(_SPECS)
 
 
 def method_spec(name: str) -> MethodSpec:
     """The spec registered as `name` (a ValueError lists the registered ones)."""
+    _discover()
     if name not in _SPECS:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(_SPECS)}")
     return _SPECS[name]
@@ -82,6 +103,7 @@ def method_class(name: str) -> type:
 
 def option_models() -> dict[str, type[Strict]]:
     """Method name -> the model of its ``options.<name>`` block, for the methods that have options."""
+    _discover()
     return {name: spec.options for name, spec in _SPECS.items() if spec.options is not None}
 
 
