@@ -174,7 +174,7 @@ def test_cli_writes_figures(config: WorkflowConfig, tmp_path: Path, capsys: pyte
     (lambda c: c["figures"]["figure2"].__setitem__("benchmarks", ["waterbirds"]), "figures.figure2.benchmarks"),
     (lambda c: c["figures"]["alpha"].update(table=10, y="Minority"), "figures.alpha: kind alpha needs"),
     (lambda c: c["figures"]["lambda"].__setitem__("table", 8), "figures.lambda: kind lambda needs"),
-    (lambda c: c["tables"][3].__setitem__("methods", ["ft", "flyp", "starft"]), "needs zeroshot"),
+    (lambda c: c["tables"][3].__setitem__("methods", ["ft", "flyp", "starft"]), "needs a method that does not train"),
     (lambda c: c["figures"]["figure2"].__setitem__("kind", "pie"), "figures.figure2"),
     (lambda c: c["figures"].__setitem__("a/b", c["figures"]["lambda"]), "figures.a/b"),
 ])
