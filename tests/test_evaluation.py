@@ -17,7 +17,7 @@ from stages.evaluation import metrics
 from stages.evaluation.benchmarks import get_benchmark, score
 from stages.evaluation.image_cache import CachedImages, evaluation_images
 from stages.evaluation.run import EvalModel, EvaluationError, classifier, load_pretrained, load_run, main, predict
-from stages.evaluation.zeroshot import HeadCache, text_head
+from stages.evaluation.heads import HeadCache, text_head
 from stages.io import atomic_torch_save, atomic_write_json
 from stages.models.factory import create_clip
 from stages.training.loop import train

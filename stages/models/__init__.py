@@ -4,7 +4,7 @@ from stages.models.factory import ClipBundle, ModelLoadError, create_clip, regis
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.models.wise import interpolate_state_dicts
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 
 __all__ = [
     "ClipBundle",

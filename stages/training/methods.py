@@ -29,7 +29,7 @@ from stages.config import TrainConfig
 from stages.models.factory import ClipBundle
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed, trim_tokens
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 from stages.training.distributed import gather_batch
 from stages.training.losses import (
     ClipLoss,
