@@ -36,14 +36,14 @@ except ConfigError as error:
 # `python -m snakemake`, a symlinked venv). Its folder goes first on PATH in every job's shell
 # instead of being spelled into commands or params, which snakemake records: a recorded
 # interpreter path would rerun every finished job the day the venv is reached through another
-# path (DESIGN.md, "Reruns").
+# path (docs/workflow.md, "When a job reruns").
 shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
 RESULTS = WF.results.as_posix()
 RUNS = plan.runs_by_dir(WF)
 EVAL_REQUESTS = plan.eval_requests(WF)
 print("archs planned:", ", ".join(sorted({f"{run.model.name} ({run.model.pretrained})" for run in RUNS.values()})),
       file=sys.stderr)
-# One run directory, slot by slot (DESIGN.md): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>.
+# One run directory, slot by slot (README.md, "Run directory"): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>.
 RUN = "{arch}/{train_set}/{method}/{variant}/{bank_concept}/{lam}/{seed}"
 
 

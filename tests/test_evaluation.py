@@ -83,13 +83,6 @@ def test_worst_region_excludes_other() -> None:
     assert results["worst_region"] == 0.5 and results["top1"] == pytest.approx(0.5)
 
 
-def test_ood_average_is_the_mean_of_the_four_shifts() -> None:
-    values = {"imagenet": 0.9, "imagenetv2": 0.6, "imagenet-r": 0.7, "imagenet-a": 0.5, "imagenet-sketch": 0.4}
-    assert metrics.ood_average(values) == pytest.approx(0.55)
-    with pytest.raises(ValueError, match="imagenet-a"):
-        metrics.ood_average({k: v for k, v in values.items() if k != "imagenet-a"})
-
-
 def test_projection_scores_the_sublist_columns_only() -> None:
     subset = [1, 2, 4]
     logits = torch.zeros(2, 1000)
