@@ -6,10 +6,28 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported anywhere
 
+from pathlib import Path
+
 import pytest
 import torch
 
+import fakes
 from stages.config import TrainConfig
+
+# The coloured-noise imagefolder of tiny_config (a plain function, called in tests and fixtures):
+# written once per session by `_colour_data`.
+COLOUR_SPLITS = {"train": 32, "val": 16, "test": 16}
+_colour_root: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _colour_data(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _colour_root.append(fakes.colour_folder(tmp_path_factory.mktemp("colours"), COLOUR_SPLITS))
+
+
+def colour_root() -> Path:
+    """The data root holding ``imagefolder/{train,val,test}`` of coloured-noise images (`COLOUR_SPLITS`)."""
+    return _colour_root[0]
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +36,10 @@ def _deterministic_threads() -> None:
 
 
 def tiny_config(method: str = "starft", **overrides: object) -> TrainConfig:
-    """A TinyCLIP-test run on the synthetic dataset: a few steps, no workers."""
+    """A TinyCLIP-test run on the coloured-noise imagefolder (`colour_root`): a few steps, no workers."""
     raw: dict = {
         "model": {"name": "TinyCLIP-test", "pretrained": "none"},
-        "data": {"train_set": "synthetic", "train_split": "train:32", "workers": 0,
+        "data": {"train_set": "imagefolder", "data_root": str(colour_root()), "train_split": "train", "workers": 0,
                  "head_templates": ["a photo of a {c}.", "a drawing of a {c}.", "a {c}."]},
         "method": method,
         "lam": 1.0,

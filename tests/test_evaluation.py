@@ -75,7 +75,7 @@ def test_macro_f1_known_answer_counts_only_classes_present() -> None:
 
 def test_worst_region_excludes_other() -> None:
     fmow = get_benchmark("fmow-ood")
-    source = build_dataset("synthetic", None, "test:6")
+    source = fakes.colour_images("test", 6)
     source.labels = [0, 0, 1, 1, 2, 2]
     source.groups, source.group_names = [0, 0, 1, 1, 5, 5], ["Asia", "Europe", "Africa", "Americas", "Oceania", "Other"]
     results, table = score(fmow, source, np.array([0, 1, 1, 1, 0, 0]))
@@ -245,7 +245,7 @@ def test_image_cache_gives_the_same_tensors_and_predictions_and_is_built_once(ti
     assert stored.stat().st_mtime_ns == built and sorted(p.suffix for p in cache.iterdir()) == [".lock", ".npy"]
     evaluation_images(build_dataset("waterbirds", tmp_path / "data", "val"), bundle.preprocess_val, cache, workers=0)
     assert len(list(cache.glob("*.npy"))) == 2  # another image list, another file
-    in_memory = build_dataset("synthetic", None, "test:4")
+    in_memory = fakes.colour_images("test", 4)
     assert type(evaluation_images(in_memory, bundle.preprocess_val, cache, workers=0)) is ImageDataset
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fakes
 from conftest import carot_loss_py_schedule, move_student_off_teacher, tiny_config
-from stages.data.source import build_dataset, load_image
+from stages.data.source import load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.training.losses import ClipLoss, star_loss
 from stages.training.methods import MethodContext, StarFT, available_methods, build_method
@@ -21,7 +22,7 @@ def make_method(name: str, **overrides: object):
     torch.manual_seed(0)
     config = tiny_config(name, **overrides)
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:16")
+    source = fakes.colour_images("train", 16)
     method = build_method(name, MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=10))
     return method, source, bundle
 
@@ -231,7 +232,7 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     every = 500 if total > 100 else 4
     config = tiny_config("carot", options__carot_ema_every=every)
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:16")
+    source = fakes.colour_images("train", 16)
     method = build_method("carot", MethodContext(bundle, source.classnames, config, DESCRIPTORS, total_steps=total))
     options = config.options
     expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options.carot_momentum_start,

@@ -11,7 +11,6 @@ a new dataset is one registered function::
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,22 +121,3 @@ class ImageDataset:
         if self.source.groups is not None:
             sample["group"] = self.source.groups[index]
         return sample
-
-
-@register_dataset("synthetic")
-def synthetic(root: Path, split: str) -> LabeledImages:
-    """A tiny in-memory dataset of coloured-noise images (tests and benchmarks; ``root`` is unused).
-
-    Each class has its own mean colour, so a model can learn it; ``split`` seeds the draw and may
-    carry a size as ``"<split>:<n>"`` (default 64 images, 4 classes).
-    """
-    split_name, _, size = split.partition(":")
-    count = int(size) if size else 64
-    rng = np.random.default_rng(zlib.crc32(split_name.encode()))
-    classnames = ["red square", "green circle", "blue triangle", "yellow star"]
-    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
-    labels = [int(label) for label in rng.integers(0, len(classnames), size=count)]
-    images = [
-        np.clip(palette[label] + rng.normal(0, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8) for label in labels
-    ]
-    return LabeledImages(name="synthetic", classnames=classnames, images=images, labels=labels)
