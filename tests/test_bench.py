@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import move_student_off_teacher, tiny_config
-from stages.bench import ReferenceStarFT, main, peak_flops, synthetic_batch
+from stages.training.bench import ReferenceStarFT, main, peak_flops, synthetic_batch
 from stages.models import create_clip
 from stages.training.methods import MethodContext, StarFT
 

@@ -1,0 +1,109 @@
+"""Building a benchmarked method and timing its training step; the memory it holds and peaks at."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stages.training.bench.reference import REFERENCE, ReferenceStarFT
+from stages.training.methods import Method, MethodContext, build_method
+
+Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+@dataclass
+class Candidate:
+    """One benchmarked method with its optimiser and what was measured."""
+
+    name: str
+    method: Method
+    optimizer: torch.optim.Optimizer
+    step: Callable[[dict[str, Tensor]], None]
+    step_times: list[float] = field(default_factory=list)
+    step_peak_bytes: int = 0
+    checkpointed_peak_bytes: int = 0
+    flops_per_step: int = 0
+
+
+def build_candidate(name: str, context: MethodContext, lam: float, autocast: Autocast,
+                    device: torch.device) -> Candidate:
+    """Method `name` (a registered one, or ``starft-reference``), its optimiser, and its training step
+    as the loop takes it: forward and loss under `autocast`, backward, AdamW step, gradients freed
+    right after. The one place that knows how the benchmark builds a method and runs a step."""
+    method = (ReferenceStarFT(context) if name == REFERENCE else build_method(name, context)).to(device)
+    method.train()
+    method.begin_step(1)  # time steady-state steps (CaRot distils from its second step on)
+    optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=context.config.optim.lr,  # as the loop's
+                                  weight_decay=method.optimizer_weight_decay(), fused=device.type == "cuda")
+
+    def step(batch: dict[str, Tensor]) -> None:
+        with autocast():
+            terms = method.training_step(batch, lam)
+        sum(terms.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return Candidate(name, method, optimizer, step)
+
+
+def autocast_for(precision: str, device: torch.device) -> Autocast:
+    """The loop's precision rule: bf16 autocast (fp32 master weights) on CUDA or when asked, else fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def step_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+    """CUDA bytes a step allocates at its peak above what was allocated before it."""
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], None], device: torch.device) -> float:
+    """Wall-clock seconds of `run`, with the device's queue drained before and after."""
+    _synchronize(device)
+    started = time.perf_counter()
+    run()
+    _synchronize(device)
+    return time.perf_counter() - started
+
+
+def state_bytes(method: Method, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of a method's own resident tensors: parameters (teacher included), buffers, optimiser state."""
+    tensors = [*method.parameters(), *method.buffers()]
+    tensors += [value for state in optimizer.state.values() for value in state.values() if isinstance(value, Tensor)]
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in tensors}
+    return sum(storages.values())
+
+
+def measure_eval(
+    model: torch.nn.Module, batch_size: int, image_size: int, steps: int, warmup: int, autocast: Autocast,
+    device: torch.device, generator: torch.Generator,
+) -> dict[str, float]:
+    """Zero-shot evaluation throughput: ``encode_image`` under inference mode at the batch size."""
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast():
+            model.encode_image(images, normalize=True)
+
+    model.eval()
+    times = [timed(run, device) for _ in range(warmup + steps)][warmup:]
+    model.train()
+    batch_time = statistics.median(times)
+    return {"batch_time_s": batch_time, "images_per_s": batch_size / batch_time}
