@@ -51,8 +51,8 @@ test: venv llm-extras slurm-deps
 
 # Training-step benchmark (docs/bench.md): tiny config, then ViT-B-16 at a small CPU batch.
 bench: venv
-	$(PY) -m stages.bench --arch TinyCLIP-test --batch-size 32 --steps 20 --warmup 3 --classes 100
-	$(PY) -m stages.bench --arch ViT-B-16 --batch-size 8 --steps 5 --warmup 1 --classes 8
+	$(PY) -m stages.training.bench --arch TinyCLIP-test --batch-size 32 --steps 20 --warmup 3 --classes 100
+	$(PY) -m stages.training.bench --arch ViT-B-16 --batch-size 8 --steps 5 --warmup 1 --classes 8
 
 clean:
 	rm -rf $(VENV) .pytest_cache

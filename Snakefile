@@ -37,7 +37,7 @@ except ConfigError as error:
 # `python -m snakemake`, a symlinked venv). Its folder goes first on PATH in every job's shell
 # instead of being spelled into commands or params, which snakemake records: a recorded
 # interpreter path would rerun every finished job the day the venv is reached through another
-# path (DESIGN.md, "Reruns").
+# path (docs/workflow.md, "When a job reruns").
 shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
 RESULTS = WF.results.as_posix()
 RUNS = plan.runs_by_dir(WF)

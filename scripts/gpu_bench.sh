@@ -2,7 +2,7 @@
 # Issue 7's GPU check, run from the repository root on one H200-class GPU, offline, in well
 # under 5 minutes: ViT-B-16 with random weights (throughput does not depend on them), batch 256,
 # bf16 autocast, ft / flyp / starft / reference-style starft timed side by side
-# (python -m stages.bench), then samples/s and MFU of flyp and starft.
+# (python -m stages.training.bench), then samples/s and MFU of flyp and starft.
 #
 # Uses .venv when it exists, else a python3 that already has torch and open_clip (the package
 # itself is then put on PYTHONPATH); it never downloads anything. Overrides for a CPU smoke run
@@ -40,7 +40,7 @@ if [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 
-timeout 280 "$PY" -m stages.bench --arch "$ARCH" --batch-size "$BATCH" --device "$DEVICE" \
+timeout 280 "$PY" -m stages.training.bench --arch "$ARCH" --batch-size "$BATCH" --device "$DEVICE" \
     --precision "$PRECISION" --classes "$CLASSES" --steps "$STEPS" --warmup "$WARMUP" \
     ${COMPILE:+--compile} ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"} --out "$OUT"
 

@@ -215,7 +215,7 @@ class TrainConfig(RunSettings):
 
 # Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
 # finished run written under other values of these is the same run: it is resumed, and the
-# workflow never reruns a job because one of them changed (DESIGN.md, "Reruns").
+# workflow never reruns a job because one of them changed (docs/workflow.md, "When a job reruns").
 EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "grad_checkpointing", "log_every",
                     "data.workers", "data.data_root", "data.check")
 

@@ -14,9 +14,7 @@ plans are exactly the files a report reads:
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,6 @@ from typing import Any
 
 import yaml
 
-import stages.data
 from stages.config import (
     EXECUTION_FIELDS,
     ColumnSpec,
@@ -41,8 +38,7 @@ from stages.config import (
     WorkflowConfig,
     without_execution,
 )
-from stages.data.layout import Layout
-from stages.data.source import DatasetError, available_datasets
+from stages.data.source import DatasetError, available_datasets, dataset_layouts
 from stages.strict import Strict
 from stages.descriptors.bank import BankError, load_bank
 from stages.evaluation.benchmarks import BENCHMARKS, request_name
@@ -215,7 +211,6 @@ def check_references(config: WorkflowConfig, generated_banks: bool) -> None:
     A bank that does not exist is accepted only when ``generated_banks`` and its path is one
     the descriptor rule writes (``descriptor_banks/<model>/v<N>.json``).
     """
-    dataset_layouts()  # registers every dataset adapter
     for number, table in config.tables.items():
         for index, column in enumerate(table.columns):
             if column.benchmark not in BENCHMARKS:
@@ -235,17 +230,6 @@ def check_references(config: WorkflowConfig, generated_banks: bool) -> None:
             load_bank(path).descriptors(concept)
         except BankError as error:
             raise ConfigError(f"banks.{name}: {error}") from error
-
-
-def dataset_layouts() -> dict[str, Layout]:
-    """Import every ``stages.data`` module (registering its datasets); dataset name -> its ``Layout``."""
-    layouts: dict[str, Layout] = {}
-    for module_info in pkgutil.iter_modules(stages.data.__path__):
-        module = importlib.import_module(f"stages.data.{module_info.name}")
-        for value in vars(module).values():
-            if isinstance(value, Layout):
-                layouts.setdefault(value.dataset, value)
-    return layouts
 
 
 def check_data(config: WorkflowConfig, train_sets: set[str], benchmarks: set[str]) -> None:

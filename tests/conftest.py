@@ -12,12 +12,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is import
 import pytest
 import torch
 
+import fakes
 from stages.config import TrainConfig
 from stages.descriptors.bank import ConceptEntry, DescriptorBank, GeneratorInfo, write_bank
 from stages.methods import Progress
 
 # The background descriptors of the tests' small bank (tiny_config's spurious.bank).
 TEST_DESCRIPTORS = ["{} in the snow.", "{} on the beach.", "blurred {}.", "{} under a blue sky."]
+
+# The coloured-noise imagefolder of tiny_config (a plain function, called in tests and fixtures):
+# written once per session by `_colour_data`.
+COLOUR_SPLITS = {"train": 32, "val": 16, "test": 16}
+_colour_root: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _colour_data(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _colour_root.append(fakes.colour_folder(tmp_path_factory.mktemp("colours"), COLOUR_SPLITS))
+
+
+def colour_root() -> Path:
+    """The data root holding ``imagefolder/{train,val,test}`` of coloured-noise images (`COLOUR_SPLITS`)."""
+    return _colour_root[0]
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +57,10 @@ def progress(step: int = 0, epoch: int = 0, total_steps: int = 10, epochs: int =
 
 
 def tiny_config(method: str = "starft", **overrides: object) -> TrainConfig:
-    """A TinyCLIP-test run on the synthetic dataset: a few steps, no workers, the test bank."""
+    """A TinyCLIP-test run on the coloured-noise imagefolder (`colour_root`): a few steps, no workers, the test bank."""
     raw: dict = {
         "model": {"name": "TinyCLIP-test", "pretrained": "none"},
-        "data": {"train_set": "synthetic", "train_split": "train:32", "workers": 0,
+        "data": {"train_set": "imagefolder", "data_root": str(colour_root()), "train_split": "train", "workers": 0,
                  "head_templates": ["a photo of a {c}.", "a drawing of a {c}.", "a {c}."]},
         "method": method,
         "lam": 1.0,

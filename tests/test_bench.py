@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import move_student_off_teacher, tiny_config
-from stages.bench import ReferenceStarFT, main, peak_flops, synthetic_batch
+from conftest import TEST_DESCRIPTORS, move_student_off_teacher, progress, tiny_config
+from stages.methods import MethodContext
+from stages.methods.starft import StarFT
 from stages.models import create_clip
-from stages.training.methods import MethodContext, StarFT
+from stages.training.bench import ReferenceStarFT, main, peak_flops, synthetic_batch
 
-DESCRIPTORS = ["{} in the snow.", "{} surrounded by fall and autumn leaves.", "blurred {}.", "{} at night."]
 CLASSNAMES = ["tench", "great white shark", "golden retriever", "space shuttle", "ice cream"]
 REPO = Path(__file__).resolve().parents[1]
 METHOD_KEYS = {"step_time_s", "step_times_s", "samples_per_s", "flops_per_step", "tflops_per_s", "mfu",
@@ -52,21 +52,21 @@ def test_reference_step_equals_optimised_starft_step() -> None:
     """Cache, trimming, fused text forward and inference-mode teacher change nothing but the speed."""
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
-    config = tiny_config("starft")
+    config = tiny_config("starft", lam=0.7, spurious__decay="none")
 
     def context() -> MethodContext:
         return MethodContext(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)), CLASSNAMES, config,
-                             DESCRIPTORS, total_steps=10)
+                             total_steps=10)
 
     optimised, reference = StarFT(context()), ReferenceStarFT(context())
     for method in (optimised, reference):
         move_student_off_teacher(method, seed=2)  # the same noise: still identical students
     assert not hasattr(reference, "teacher_text")
     batch = synthetic_batch(torch.Generator().manual_seed(1), 12, bundle.image_size, len(CLASSNAMES),
-                            len(DESCRIPTORS), torch.device("cpu"))
+                            len(TEST_DESCRIPTORS), torch.device("cpu"))
     results = []
     for method in (optimised, reference):
-        terms = method.training_step(batch, lam=0.7)
+        terms = method.training_step(batch, progress())
         assert set(terms) == {"clip", "star"} and terms["star"] > 1e-3
         loss = sum(terms.values())
         results.append((terms, loss, torch.autograd.grad(loss, method.trainable_parameters())))

@@ -10,13 +10,27 @@ import pytest
 
 import fakes
 from stages.data.layout import classnames, data_file, templates
-from stages.data.source import DatasetError, ImageDataset, build_dataset, load_image
+from stages.data.source import (
+    DatasetError, ImageDataset, available_datasets, build_dataset, dataset_layouts, load_image, register_dataset,
+)
 from stages.data.transfer import flyp_cars_split
 from stages.evaluation.benchmarks import get_benchmark
 
 
 def _pixels(source, index: int) -> np.ndarray:
     return np.asarray(load_image(source.images[index]))
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+def test_every_dataset_with_a_folder_registers_its_layout() -> None:
+    layouts = dataset_layouts()
+    # csv and webdataset are named by their split (a file or shard pattern); the demo pipeline writes its own files
+    assert set(available_datasets()) - set(layouts) == {"csv", "webdataset", "fmnist-demo"}
+    assert all(layout.dataset == name for name, layout in layouts.items())
+    assert layouts["waterbirds"].folders[0] == "waterbird_complete95_forest2water2"
+    with pytest.raises(ValueError, match="'imagenet-copy' is registered with the layout of 'imagenet'"):
+        register_dataset("imagenet-copy", layouts["imagenet"])
 
 
 # --- shipped data files -------------------------------------------------------------------------

@@ -16,8 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
+import fakes
 from conftest import move_student_off_teacher, progress, tiny_config
-from stages.data.source import build_dataset, load_image
+from stages.config import TrainConfig
+from stages.data.source import load_image
 from stages.models import create_clip
 from stages.training.distributed import (
     DistInfo,
@@ -35,17 +37,16 @@ from stages.methods import MethodContext, build_method
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _step(method_name: str, rank: int, world_size: int, accum: int = 1) -> tuple[float, list[torch.Tensor]]:
-    """One training step of `method_name` on this rank's shard of a fixed 8-sample global batch.
+def _step(config: TrainConfig, rank: int, world_size: int, accum: int = 1) -> tuple[float, list[torch.Tensor]]:
+    """One training step of `config`'s method on this rank's shard of a fixed 8-sample global batch.
 
     With `accum` micro-batches, the k-th is the k-th slice of the global batch (each rank taking
     its shard of it), as the loop accumulates; DDP all-reduces in the last backward only.
     """
     torch.manual_seed(0)
-    config = tiny_config(method_name)
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:8")
-    method = build_method(method_name, MethodContext(bundle, source.classnames, config, total_steps=4))
+    source = fakes.colour_images("train", 8)
+    method = build_method(config.method, MethodContext(bundle, source.classnames, config, total_steps=4))
     move_student_off_teacher(method)  # else the Star and distillation terms sit at their ~0 minimum
     method.double()  # float64 so that only the gather itself, not rounding, could make a difference
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
@@ -64,10 +65,10 @@ def _step(method_name: str, rank: int, world_size: int, accum: int = 1) -> tuple
     return total, [p.grad.clone() for p in method.trainable_parameters()]
 
 
-def _worker(rank: int, world_size: int, method_name: str, init_file: str, out_dir: str, accum: int = 1) -> None:
+def _worker(rank: int, world_size: int, config: TrainConfig, init_file: str, out_dir: str, accum: int = 1) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    loss, grads = _step(method_name, rank, world_size, accum)
+    loss, grads = _step(config, rank, world_size, accum)
     torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -75,8 +76,9 @@ def _worker(rank: int, world_size: int, method_name: str, init_file: str, out_di
 @pytest.mark.parametrize("method_name,accum", [("starft", 1), ("flyp", 1), ("carot", 1), ("starft", 2)],
                          ids=["starft", "flyp", "carot", "starft-accum2"])
 def test_two_ranks_equal_one_process(tmp_path: Path, method_name: str, accum: int) -> None:
-    single_loss, single_grads = _step(method_name, rank=0, world_size=1, accum=accum)
-    mp.spawn(_worker, args=(2, method_name, str(tmp_path / "init"), str(tmp_path), accum), nprocs=2, join=True)
+    config = tiny_config(method_name)  # built here: the spawned ranks do not run the session fixtures tiny_config needs
+    single_loss, single_grads = _step(config, rank=0, world_size=1, accum=accum)
+    mp.spawn(_worker, args=(2, config, str(tmp_path / "init"), str(tmp_path), accum), nprocs=2, join=True)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["loss"] == pytest.approx(single_loss, rel=1e-12)

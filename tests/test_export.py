@@ -42,8 +42,8 @@ def ft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("ft") / "run"
     train(tiny_config("ft"), run)
     (run / "eval").mkdir()
-    (run / "eval" / "synthetic.json").write_text(json.dumps({"benchmark": "synthetic", "n": 16,
-                                                             "metrics": {"top1": 0.8125}}))
+    (run / "eval" / "imagefolder-test.json").write_text(json.dumps({"benchmark": "imagefolder-test", "n": 16,
+                                                                    "metrics": {"top1": 0.8125}}))
     return run
 
 
@@ -73,7 +73,7 @@ def test_plain_open_clip_loads_the_export_with_the_runs_features(ft_run: Path, t
     config = json.loads((out / CONFIG).read_text())
     assert set(config) == {"model_cfg", "preprocess_cfg"} and "vision_cfg" in config["model_cfg"]
     card = ModelCard.load(out / "README.md")
-    assert card.data.library_name == "open_clip" and card.data.datasets == ["synthetic"]
+    assert card.data.library_name == "open_clip" and card.data.datasets == ["imagefolder"]
     assert card.data.metrics == ["top1"] and "81.25" in card.text and "StarFT" in card.text
 
 

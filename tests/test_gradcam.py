@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from conftest import colour_root
 from stages import plan
 from stages.config import ConfigError, validate_workflow_config
 from stages.models import create_clip
@@ -88,16 +89,16 @@ def test_gradcam_heat_concentrates_on_the_planted_patch() -> None:
 
 
 def workflow(tmp_path: Path) -> dict:
-    """TinyCLIP-test (random weights) on the synthetic dataset: zero-shot, FLYP and StarFT, one Grad-CAM figure."""
+    """TinyCLIP-test (random weights) on the coloured-noise imagefolder: zero-shot, FLYP and StarFT, one Grad-CAM figure."""
     return {
-        "results": str(tmp_path / "results"), "data_root": str(tmp_path / "data"),
+        "results": str(tmp_path / "results"), "data_root": str(colour_root()),
         "archs": {"TinyCLIP-test": "none"}, "seeds": [0], "workers": 0,
         "banks": {"official-code": {"path": "descriptor_banks/official-code.json"}},
-        "train_sets": {"synthetic": {"train_split": "train:16", "lam": 1.0, "optim": {
+        "train_sets": {"imagefolder": {"train_split": "train", "lam": 1.0, "optim": {
             "lr": 1e-3, "warmup_steps": 1, "epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1}}},
-        "tables": {3: {"title": "synthetic", "train_sets": ["synthetic"], "methods": ["zeroshot", "flyp", "starft"],
-                       "columns": [{"label": "ID", "benchmark": "synthetic"}], "paper": False}},
-        "figures": {"gradcam": {"kind": "gradcam", "title": "Grad-CAM", "table": 3, "benchmark": "synthetic",
+        "tables": {3: {"title": "colours", "train_sets": ["imagefolder"], "methods": ["zeroshot", "flyp", "starft"],
+                       "columns": [{"label": "ID", "benchmark": "imagefolder-test"}], "paper": False}},
+        "figures": {"gradcam": {"kind": "gradcam", "title": "Grad-CAM", "table": 3, "benchmark": "imagefolder-test",
                                 "images": 3}},
     }
 
@@ -141,5 +142,5 @@ def test_gradcam_spec_errors_name_the_field(tmp_path: Path) -> None:
         build_gradcam(validate_workflow_config(raw), "gradcam")
     raw = workflow(tmp_path)
     raw["figures"]["gradcam"]["groups"] = ["landbird on water"]
-    with pytest.raises(ConfigError, match=r"figures\.gradcam: groups: synthetic has no groups"):
+    with pytest.raises(ConfigError, match=r"figures\.gradcam: groups: imagefolder has no groups"):
         build_gradcam(validate_workflow_config(raw), "gradcam")

@@ -14,7 +14,6 @@ import yaml
 
 import fakes
 from conftest import carot_loss_py_schedule, tiny_config
-from stages.data.source import build_dataset
 from stages.models import create_clip
 from stages.methods import Progress, method_class
 from stages.methods.starft import draw_descriptor, lambda_at
@@ -40,7 +39,7 @@ def test_warmup_then_cosine_to_zero() -> None:
 
 
 def test_samples_are_a_function_of_seed_epoch_and_index() -> None:
-    source = build_dataset("synthetic", None, "train:8")
+    source = fakes.colour_images("train", 8)
     transform = create_clip("TinyCLIP-test", None).preprocess_train
     samples = TrainingSamples(source, transform, seed=3, draw=functools.partial(draw_descriptor, 58))
     first, again = samples[(1, 5)], samples[(1, 5)]
@@ -160,7 +159,7 @@ def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
 
 
 def test_best_checkpoint_by_id_validation(tmp_path: Path) -> None:
-    config = tiny_config("flyp", select="val", data__val_split="val:16")
+    config = tiny_config("flyp", select="val", data__val_split="val")
     train(config, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_top1" in r]
@@ -195,9 +194,9 @@ def test_cli_trains_and_reports_bad_config_fields(tmp_path: Path) -> None:
 def test_default_run_dir_spells_every_knob() -> None:
     config = tiny_config("starft", lam=0.5, seed=2)
     assert RunDir.of(config).path == Path(
-        "results/runs/TinyCLIP-test-none/synthetic/starft/suffix-spurious_mask-on_decay-epoch/"
+        "results/runs/TinyCLIP-test-none/imagefolder/starft/suffix-spurious_mask-on_decay-epoch/"
         "test-bank-background/lam0.5/seed2")
-    assert RunDir.of(tiny_config("flyp")).path == Path("results/runs/TinyCLIP-test-none/synthetic/flyp/-/-/-/seed0")
+    assert RunDir.of(tiny_config("flyp")).path == Path("results/runs/TinyCLIP-test-none/imagefolder/flyp/-/-/-/seed0")
 
 
 def test_starft_single_epoch_with_epoch_decay_warns() -> None:

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fakes
 from conftest import TEST_DESCRIPTORS as DESCRIPTORS
 from conftest import carot_loss_py_schedule, move_student_off_teacher, progress, tiny_config
-from stages.data.source import build_dataset, load_image
+from stages.data.source import load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.training.losses import ClipLoss, star_loss
 from stages.methods import MethodContext, build_method, method_names
@@ -22,7 +23,7 @@ def make_method(name: str, **overrides: object):
     torch.manual_seed(0)
     config = tiny_config(name, **{"lam": 0.7, "spurious__decay": "none", **overrides})
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:16")
+    source = fakes.colour_images("train", 16)
     method = build_method(name, MethodContext(bundle, source.classnames, config, total_steps=10))
     return method, source, bundle
 
@@ -230,7 +231,7 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     every = 500 if total > 100 else 4
     config = tiny_config("carot", options__carot__ema_every=every)
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:16")
+    source = fakes.colour_images("train", 16)
     method = build_method("carot", MethodContext(bundle, source.classnames, config, total_steps=total))
     options = config.options
     expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options["carot"].momentum_start,

@@ -221,7 +221,7 @@ def test_training_checks_images_first_and_skip_corrupt_counts(tmp_path: Path, ca
 
 
 def test_header_check_is_cheap_and_ignores_in_memory_images(tmp_path: Path) -> None:
-    assert check_images(build_dataset("synthetic", None, "train:16")) == []
+    assert check_images(fakes.colour_images("train", 16)) == []
     _imagefolder(tmp_path, per_class=50)
     started = time.perf_counter()
     assert check_images(build_dataset("imagefolder", tmp_path, "train")) == []

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import fakes
 from conftest import move_student_off_teacher, progress, tiny_config
-from stages.data.source import build_dataset, load_image
+from stages.data.source import load_image
 from stages.models import create_clip
 from stages.models.text import trim_tokens
+from stages.methods import Method, MethodContext, build_method
 from stages.rundir import RunDir
 from stages.training.loop import train
-from stages.methods import Method, MethodContext, build_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _method_and_batch(name: str) -> tuple[Method, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
-    source = build_dataset("synthetic", None, "train:8")
+    source = fakes.colour_images("train", 8)
     method = build_method(name, MethodContext(bundle, source.classnames, tiny_config(name), 4))
     move_student_off_teacher(method)
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images])

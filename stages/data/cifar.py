@@ -69,7 +69,7 @@ def _cifar10_test(root: Path) -> tuple[np.ndarray, list[int]]:
     return _cifar_batches(CIFAR10, root, ["test_batch"], "labels", 10)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", CIFAR10)
 def cifar10(root: Path, split: str) -> LabeledImages:
     """CIFAR-10 ``train`` (50,000) or ``test`` (10,000)."""
     check_split("cifar10", split, ("train", "test"))
@@ -78,7 +78,7 @@ def cifar10(root: Path, split: str) -> LabeledImages:
     return LabeledImages(name="cifar10", classnames=classnames("cifar10"), images=images, labels=labels)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", CIFAR100)
 def cifar100(root: Path, split: str) -> LabeledImages:
     """CIFAR-100 ``train`` or ``test`` with the 100 fine labels (names with spaces, OpenAI order)."""
     check_split("cifar100", split, ("train", "test"))
@@ -101,7 +101,7 @@ def _cifar102_test(root: Path) -> tuple[np.ndarray, list[int]]:
     return images, [int(label) for label in labels]
 
 
-@register_dataset("cifar10.02")
+@register_dataset("cifar10.02", CIFAR102)
 def cifar10_02(root: Path, split: str) -> LabeledImages:
     """CIFAR-10.02 ``test`` (12,000): 20 class x source groups; a 2-group source partition in metadata."""
     check_split("cifar10.02", split, ("test",))

@@ -60,7 +60,7 @@ def _templates(base: Path) -> list[str] | None:
     return lines
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", IMAGEFOLDER)
 def imagefolder(root: Path, split: str) -> LabeledImages:
     """Your own ``imagefolder/<split>/<class folder>/`` tree; classes consistent across splits."""
     base = IMAGEFOLDER.locate(root)

@@ -27,7 +27,7 @@ PACS = Layout(
 WATERBIRDS_SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
-@register_dataset("waterbirds")
+@register_dataset("waterbirds", WATERBIRDS)
 def waterbirds(root: Path, split: str) -> LabeledImages:
     """Waterbirds ``train``/``val``/``test`` from ``metadata.csv``; 4 groups = bird type x place."""
     check_split("waterbirds", split, WATERBIRDS_SPLITS)
@@ -55,7 +55,7 @@ def waterbirds(root: Path, split: str) -> LabeledImages:
     )
 
 
-@register_dataset("pacs")
+@register_dataset("pacs", PACS)
 def pacs(root: Path, split: str) -> LabeledImages:
     """PACS ``test`` = all 9,991 images (zero-shot only); groups = the 4 domains."""
     check_split("pacs", split, ("test",))

@@ -116,7 +116,7 @@ def _unsorted_val(base: Path, root: Path, entries: list[os.DirEntry]) -> Labeled
                          labels=[label_of[wnid_of[image_id]] for image_id in image_ids])
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", IMAGENET)
 def imagenet(root: Path, split: str) -> LabeledImages:
     """ILSVRC-2012 ``train`` or ``val`` in wnid folders (val also unsorted, see IMAGENET); 1000 classes, OpenAI names."""
     check_split("imagenet", split, ("train", "val"))
@@ -130,7 +130,7 @@ def imagenet(root: Path, split: str) -> LabeledImages:
     return folder_dataset("imagenet", base, _wnid_labels(), names)
 
 
-@register_dataset("imagenet-sketch")
+@register_dataset("imagenet-sketch", IMAGENET_SKETCH)
 def imagenet_sketch(root: Path, split: str) -> LabeledImages:
     """ImageNet-Sketch (``test``): 1000 wnid folders, ImageNet labels and names."""
     check_split("imagenet-sketch", split, ("test",))
@@ -138,7 +138,7 @@ def imagenet_sketch(root: Path, split: str) -> LabeledImages:
     return folder_dataset("imagenet-sketch", IMAGENET_SKETCH.locate(root), _wnid_labels(), names)
 
 
-@register_dataset("imagenetv2")
+@register_dataset("imagenetv2", IMAGENET_V2)
 def imagenetv2(root: Path, split: str) -> LabeledImages:
     """ImageNetV2 matched-frequency (``test``): the label is ``int(folder name)``, never its sorted position."""
     check_split("imagenetv2", split, ("test",))
@@ -166,13 +166,13 @@ def _imagenet_subset(name: str, layout: Layout, root: Path, split: str) -> Label
     )
 
 
-@register_dataset("imagenet-r")
+@register_dataset("imagenet-r", IMAGENET_R)
 def imagenet_r(root: Path, split: str) -> LabeledImages:
     """ImageNet-R (``test``): 200 classes; ``metadata["class_indices"]`` are their ImageNet indices."""
     return _imagenet_subset("imagenet-r", IMAGENET_R, root, split)
 
 
-@register_dataset("imagenet-a")
+@register_dataset("imagenet-a", IMAGENET_A)
 def imagenet_a(root: Path, split: str) -> LabeledImages:
     """ImageNet-A (``test``): 200 classes (a different sub-list from IN-R)."""
     return _imagenet_subset("imagenet-a", IMAGENET_A, root, split)

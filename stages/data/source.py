@@ -3,15 +3,17 @@
 An adapter reads a benchmark's standard on-disk layout and returns a ``LabeledImages``: one
 image reference (a file path or an in-memory uint8 array) per sample, its label, optionally its
 group, and the class names in label order. Training and evaluation only ever see this type, so
-a new dataset is one registered function::
+a new dataset is one registered function, with the ``Layout`` it has under the data root (which
+the workflow checks before any job runs; none for datasets named by their split, e.g. CSV files)::
 
-    @register_dataset("waterbirds")
+    @register_dataset("waterbirds", WATERBIRDS)
     def waterbirds(root: Path, split: str) -> LabeledImages: ...
+
+Importing ``stages.data`` (and so this module) imports every adapter, which registers them all.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +25,13 @@ from PIL import Image, UnidentifiedImageError
 if TYPE_CHECKING:  # torch is imported by the stages that batch images, not by listing or checking them
     import torch
 
+    from stages.data.layout import Layout  # imports this module
+
 ImageRef = Union[Path, np.ndarray]
 DatasetBuilder = Callable[..., "LabeledImages"]  # (root, split, **options)
 
 _DATASETS: dict[str, DatasetBuilder] = {}
+_LAYOUTS: dict[str, Layout] = {}
 
 
 class DatasetError(RuntimeError):
@@ -60,13 +65,18 @@ class LabeledImages:
         return len(self.labels)
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator: make `builder(root, split)` available as ``build_dataset(name, ...)``."""
+def register_dataset(name: str, layout: Layout | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator: make `builder(root, split)` available as ``build_dataset(name, ...)``, found under the
+    data root as `layout` says (None: no fixed folder, the split names the files)."""
+    if layout is not None and layout.dataset != name:
+        raise ValueError(f"dataset {name!r} is registered with the layout of {layout.dataset!r}")
 
     def decorate(builder: DatasetBuilder) -> DatasetBuilder:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is registered twice")
         _DATASETS[name] = builder
+        if layout is not None:
+            _LAYOUTS[name] = layout
         return builder
 
     return decorate
@@ -75,6 +85,11 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
 def available_datasets() -> list[str]:
     """Names of every registered dataset."""
     return sorted(_DATASETS)
+
+
+def dataset_layouts() -> dict[str, Layout]:
+    """Dataset name -> its ``Layout``, for every dataset registered with one."""
+    return dict(_LAYOUTS)
 
 
 def build_dataset(name: str, root: Path | None, split: str, **options: Any) -> LabeledImages:
@@ -122,22 +137,3 @@ class ImageDataset:
         if self.source.groups is not None:
             sample["group"] = self.source.groups[index]
         return sample
-
-
-@register_dataset("synthetic")
-def synthetic(root: Path, split: str) -> LabeledImages:
-    """A tiny in-memory dataset of coloured-noise images (tests and benchmarks; ``root`` is unused).
-
-    Each class has its own mean colour, so a model can learn it; ``split`` seeds the draw and may
-    carry a size as ``"<split>:<n>"`` (default 64 images, 4 classes).
-    """
-    split_name, _, size = split.partition(":")
-    count = int(size) if size else 64
-    rng = np.random.default_rng(zlib.crc32(split_name.encode()))
-    classnames = ["red square", "green circle", "blue triangle", "yellow star"]
-    palette = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=np.float64)
-    labels = [int(label) for label in rng.integers(0, len(classnames), size=count)]
-    images = [
-        np.clip(palette[label] + rng.normal(0, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8) for label in labels
-    ]
-    return LabeledImages(name="synthetic", classnames=classnames, images=images, labels=labels)

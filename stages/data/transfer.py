@@ -56,7 +56,7 @@ FLOWERS_SET_IDS = {"train": "trnid", "val": "valid", "test": "tstid"}
 CARS_VAL_FRACTION, CARS_SPLIT_SEED = 0.2, 10  # FLYP's train_test_split(test_size=0.2, random_state=10)
 
 
-@register_dataset("stl10")
+@register_dataset("stl10", STL10)
 def stl10(root: Path, split: str) -> LabeledImages:
     """STL10 ``train`` (5,000) or ``test`` (8,000) from the binary files (images stored column-major)."""
     check_split("stl10", split, ("train", "test"))
@@ -76,7 +76,7 @@ def _folder_labels(name: str) -> tuple[dict[str, int], list[str]]:
     return {folder: label for label, folder in enumerate(meta["folders"])}, list(meta["classnames"])
 
 
-@register_dataset("caltech101")
+@register_dataset("caltech101", CALTECH_SPLITS)
 def caltech101(root: Path, split: str) -> LabeledImages:
     """Caltech101: FLYP ``train``/``val``/``test`` folders, or ``all`` of 101_ObjectCategories; 101 classes."""
     check_split("caltech101", split, ("train", "val", "test", "all"))
@@ -140,7 +140,7 @@ def _flowers_from_mat(base: Path, root: Path, split: str) -> LabeledImages:
                          labels=[label_of_class[class_of_image[i - 1] - 1] for i in image_ids])
 
 
-@register_dataset("stanford-cars")
+@register_dataset("stanford-cars", STANFORD_CARS)
 def stanford_cars(root: Path, split: str) -> LabeledImages:
     """StanfordCars ``train``/``val``/``test``: FLYP folders, else the original files; 196 classes, sorted-folder order."""
     check_split("stanford-cars", split, ("train", "val", "test"))
@@ -151,7 +151,7 @@ def stanford_cars(root: Path, split: str) -> LabeledImages:
     return folder_dataset("stanford-cars", STANFORD_CARS.require(base / split, root), label_of, names)
 
 
-@register_dataset("flowers102")
+@register_dataset("flowers102", FLOWERS)
 def flowers102(root: Path, split: str) -> LabeledImages:
     """Flowers102 ``train``/``val``/``test``: FLYP folders, else the original files; 102 classes, alphabetical."""
     check_split("flowers102", split, ("train", "val", "test"))

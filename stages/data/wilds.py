@@ -34,7 +34,7 @@ FMOW = Layout(
 REGIONS = ["Asia", "Europe", "Africa", "Americas", "Oceania", "Other"]
 
 
-@register_dataset("iwildcam")
+@register_dataset("iwildcam", IWILDCAM)
 def iwildcam(root: Path, split: str) -> LabeledImages:
     """iWildCam ``train``/``val``/``test``/``id_val``/``id_test``; 182 classes."""
     check_split("iwildcam", split, ("train", "val", "test", "id_val", "id_test"))
@@ -73,7 +73,7 @@ def _fmow_split(split: str, year: int) -> str | None:
     return None
 
 
-@register_dataset("fmow")
+@register_dataset("fmow", FMOW)
 def fmow(root: Path, split: str) -> LabeledImages:
     """FMoW ``train``/``id_val``/``id_test``/``val``/``test`` (official scheme); groups = regions."""
     check_split("fmow", split, ("train", "id_val", "id_test", "val", "test"))

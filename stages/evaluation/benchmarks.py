@@ -85,8 +85,6 @@ BENCHMARKS: dict[str, Benchmark] = {
         # Your own CSV files (stages/data/formats.py, default options): <data_root>/csv/{val,test}.csv.
         Benchmark("csv-val", "csv", "csv/val.csv", "imagefolder"),
         Benchmark("csv-test", "csv", "csv/test.csv", "imagefolder"),
-        # The in-memory synthetic dataset of the tests and benchmarks.
-        Benchmark("synthetic", "synthetic", "test", "synthetic"),
         # The embedded demo (Fashion-MNIST on injected backgrounds): ID, group shift, domain shifts.
         Benchmark("demo-id", "fmnist-demo", "test", "fmnist-demo"),
         Benchmark("demo-group", "fmnist-demo", "group", "fmnist-demo", (GROUP_METRICS, SHORTCUT)),

@@ -10,7 +10,6 @@
 - macro-F1 as WILDS/sklearn ``f1_score(average="macro", labels=unique(y_true))``: the mean F1 over
   the classes present in the labels (a class that is only predicted adds false positives to none).
 - worst-region (FMoW): worst-group over the regions, ``Other`` excluded, as WILDS does.
-- OOD average: the paper's "Avg." = mean top-1 of IN-V2, IN-R, IN-A and IN-Sketch.
 - projection (IN-R / IN-A): keep the 1000-way logits' columns of the 200-class sub-list.
 """
 
@@ -21,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-OOD_BENCHMARKS = ("imagenetv2", "imagenet-r", "imagenet-a", "imagenet-sketch")
 
 
 def top1(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -95,14 +92,6 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
         predicted, actual = np.sum(predictions == cls), np.sum(labels == cls)
         scores.append(0.0 if true_positive == 0 else 2.0 * true_positive / (predicted + actual))
     return float(np.mean(scores))
-
-
-def ood_average(top1_by_benchmark: Mapping[str, float]) -> float:
-    """The paper's OOD "Avg.": mean top-1 over IN-V2, IN-R, IN-A and IN-Sketch (all four required)."""
-    missing = [name for name in OOD_BENCHMARKS if name not in top1_by_benchmark]
-    if missing:
-        raise ValueError(f"OOD average needs {', '.join(OOD_BENCHMARKS)}; missing {', '.join(missing)}")
-    return float(np.mean([top1_by_benchmark[name] for name in OOD_BENCHMARKS]))
 
 
 def project_logits(logits: torch.Tensor, class_indices: Sequence[int] | None) -> torch.Tensor:

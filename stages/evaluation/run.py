@@ -49,7 +49,7 @@ from stages.data.source import DatasetError, LabeledImages, build_dataset
 from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, parse_request, score
 from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
-from stages.evaluation.zeroshot import HeadCache, text_head
+from stages.evaluation.heads import HeadCache, text_head
 from stages.io import atomic_write_json, sha256_file
 from stages.models.factory import ClipBundle, LoadedModel, ModelLoadError, create_clip
 from stages.models.wise import interpolate_state_dicts

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.methods._spec import MethodSpec
 

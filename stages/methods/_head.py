@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from stages.methods._base import Method, MethodContext, Progress, unit
 from stages.models.teacher import frozen_copy
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 
 
 class HeadMethod(Method):

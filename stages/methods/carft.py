@@ -9,7 +9,7 @@ from torch import Tensor
 from stages.methods._base import MethodContext, unit
 from stages.methods._head import RegularisedHeadMethod
 from stages.methods._spec import MethodSpec, register_method
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 from stages.strict import Strict
 from stages.training.losses import ContextKLLoss
 

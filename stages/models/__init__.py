@@ -12,7 +12,7 @@ from typing import Any
 _HOMES = {
     "ClipBundle": "factory", "ModelLoadError": "factory", "create_clip": "factory", "register_tiny_configs": "factory",
     "frozen_copy": "teacher", "encode_text_trimmed": "text", "trim_tokens": "text",
-    "interpolate_state_dicts": "wise", "build_zeroshot_weights": "zeroshot",
+    "interpolate_state_dicts": "wise", "build_zeroshot_weights": "classifier",
 }
 
 

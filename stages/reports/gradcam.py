@@ -40,7 +40,7 @@ from stages.data.source import LabeledImages, build_dataset, load_image
 from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.run import classifier, load_pretrained, load_run
-from stages.evaluation.zeroshot import HeadCache
+from stages.evaluation.heads import HeadCache
 from stages.methods import method_spec
 from stages.models.factory import ClipBundle, LoadedModel
 from stages.reports.figures import save_png

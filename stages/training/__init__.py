@@ -1,1 +1,1 @@
-"""Stage 2: fine-tuning (losses, methods, the shared loop, the CLI)."""
+"""Stage 2: fine-tuning (losses, methods, the shared loop, the CLI, the training-step benchmark)."""

@@ -5,7 +5,7 @@
 # only what changes results goes there. Execution settings (loader workers, device, batch size of
 # evaluation, cache folders, where the data lies) reach commands through `execution` params that
 # are functions of `resources`, which snakemake counts as derived and does not record
-# (DESIGN.md, "Reruns"; tests/test_demo.py checks that changing them reruns nothing).
+# (docs/workflow.md, "When a job reruns"; tests/test_demo.py checks that changing them reruns nothing).
 
 import shlex
 

@@ -14,8 +14,6 @@ rule demo_data:
             [f"--seed {WF.demo.seed}", f"--correlation {WF.demo.correlation}"]
             + [f"--size {split}={count}" for split, count in WF.demo.sizes.items()]
         ),
-    conda:
-        "../../environment.yml"
     shell:
         "python -m stages.demo data --data-root {params.data_root} {params.options} > {log} 2>&1"
 
@@ -34,8 +32,6 @@ rule demo_pretrain:
             f"--model {WF.demo.model} --steps {WF.demo.pretrain_steps} --batch-size {WF.demo.pretrain_batch_size}"
             f" --lr {WF.demo.pretrain_lr} --seed {WF.demo.seed}"
         ),
-    conda:
-        "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} python -m stages.demo pretrain --data-root {params.data_root}"
         " --out {output} {params.options} > {log} 2>&1"

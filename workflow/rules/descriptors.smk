@@ -25,7 +25,5 @@ rule descriptor_bank:
         version=r"\d+",
     params:
         arguments=descriptor_arguments,
-    conda:
-        "../../environment.yml"
     shell:
         "python -m stages.descriptors generate {params.arguments} --out {output} > {log} 2>&1"

@@ -28,8 +28,6 @@ rule evaluate:
         requests=run_requests,
         eval_dir=lambda wildcards, output: os.path.dirname(output[0]),
         execution=eval_execution,
-    conda:
-        "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} python -m stages.evaluation {params.model} --eval-dir {params.eval_dir}"
         " --requests {params.requests} {params.execution} > {log} 2>&1"

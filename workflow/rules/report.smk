@@ -19,8 +19,6 @@ rule workflow_config:
         f"{RESULTS}/logs/report/workflow_config.log",
     params:
         text=workflow_yaml,
-    conda:
-        "../../environment.yml"
     shell:
         "printf '%s' {params.text:q} > {output} 2> {log}"
 
@@ -34,8 +32,6 @@ rule report:
         csv=report(f"{RESULTS}/table{{number}}.csv", category="Tables"),
     log:
         f"{RESULTS}/logs/report/table{{number}}.log",
-    conda:
-        "../../environment.yml"
     shell:
         "python -m stages.reports --config {input.config} --table {wildcards.number} > {log} 2>&1"
 
@@ -50,8 +46,6 @@ rule figure:
         report(f"{RESULTS}/figure_{{name}}.png", category="Figures"),
     log:
         f"{RESULTS}/logs/report/figure_{{name}}.log",
-    conda:
-        "../../environment.yml"
     shell:
         "python -m stages.reports --config {input.config} --figure {wildcards.name} > {log} 2>&1"
 
@@ -65,7 +59,5 @@ rule all_results:
         jsonl=f"{RESULTS}/all_results.jsonl",
     log:
         f"{RESULTS}/logs/report/all_results.log",
-    conda:
-        "../../environment.yml"
     shell:
         "python -m stages.reports --config {input.config} --all-results > {log} 2>&1"

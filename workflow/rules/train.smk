@@ -17,8 +17,6 @@ rule run_config:
         f"{RESULTS}/logs/run_config/{RUN}.log",
     params:
         text=run_yaml,
-    conda:
-        "../../environment.yml"
     shell:
         "printf '%s' {params.text:q} > {output} 2> {log}"
 
@@ -44,8 +42,6 @@ rule train:
         launcher=launcher,
         run_dir=run_dir,
         execution=train_execution,
-    conda:
-        "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} -m stages.training --config {input.config} --out {params.run_dir}"
         " {params.execution} > {log} 2>&1"

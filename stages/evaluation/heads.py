@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from stages.io import atomic_torch_save, sha256_json
-from stages.models.zeroshot import build_zeroshot_weights
+from stages.models.classifier import build_zeroshot_weights
 
 
 def article(name: str) -> str:

@@ -1,0 +1,61 @@
+"""Training-step benchmark: ft, flyp, starft and a reference-style starft, side by side (options, files).
+
+What is measured: the docstring of ``stages.training.bench`` and docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stages.io import atomic_write_json, atomic_write_text
+from stages.training.bench.report import render_markdown
+from stages.training.bench.run import DEFAULT_BANK, METHODS, run_benchmark
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options of ``python -m stages.training.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m stages.training.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", required=True, help="open_clip architecture, e.g. ViT-B-16 or TinyCLIP-test")
+    parser.add_argument("--pretrained", default="none", help="weights (default: random; speed does not depend on them)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per method first (>= 1: the first one counts the FLOPs; >= 2 with --compile)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU (as training)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--classes", type=int, default=1000, help="label space (StarFT caches classes x descriptors texts)")
+    parser.add_argument("--bank", type=Path, default=DEFAULT_BANK)
+    parser.add_argument("--concept", default="background")
+    parser.add_argument("--lam", type=float, default=0.5, help="λ of the Star term (> 0, so it runs)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU, overriding the table")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image and text towers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<arch>.json)")
+    args = parser.parse_args(argv)
+    args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or not args.methods:
+        parser.error(f"--methods: unknown {unknown}; choose from {','.join(METHODS)}")
+    if args.steps < 1 or args.warmup < 1 + args.compile or args.batch_size < 2:
+        parser.error("need --steps >= 1, --warmup >= 1 (2 with --compile) and --batch-size >= 2")
+    if args.out is None:
+        args.out = Path("results") / "bench" / f"{args.arch}.json"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write the JSON and the markdown summary, print the summary."""
+    args = parse_args(argv)
+    result = run_benchmark(args)
+    summary = render_markdown(result)
+    atomic_write_json(args.out, result)
+    atomic_write_text(args.out.with_suffix(".md"), summary)
+    print(summary)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return result
+
