@@ -4,7 +4,8 @@
 the same random weights (throughput does not depend on them), feeds them the same synthetic
 batches (random images of the model's input size, labels uniform over ``--classes`` ImageNet
 class names, descriptor indices uniform over the bank's concept), and times the whole training
-step as the loop runs it: forward and loss under the run's precision, backward, AdamW step.
+step with the loop's own ``optimizer_step``: forward and loss under the run's precision, backward,
+gradient norm, AdamW and schedule steps.
 The methods are interleaved step by step (the order rotating every round) so that a busy or
 throttled machine slows them alike and the ratios stay fair.
 
