@@ -47,6 +47,7 @@ def build_candidate(name: str, context: MethodContext, device: torch.device) -> 
 
     def step(batch: dict[str, Tensor]) -> None:
         optimizer_step(parts, [batch], progress)
+        parts.optimizer.zero_grad(set_to_none=True)  # (the next step would): idle methods hold no gradients
 
     return Candidate(name, method, parts, step)
 
