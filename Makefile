@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv llm-extras slurm-deps demo test bench clean
+.PHONY: venv llm-extras slurm-deps demo-data demo test bench clean
 
 venv: $(VENV)/.installed
 
@@ -30,9 +30,22 @@ $(VENV)/.llm-extras: $(VENV)/.installed
 
 # The embedded demo (config/config.yaml): Fashion-MNIST data, a tiny CLIP pretrained here, every
 # method x 3 seeds, the Table 2/3/10 analogues. Offline on CPU; a rerun is a no-op.
-demo: venv
+demo: venv demo-data
 	$(PY) -m snakemake --cores 2 --quiet rules
 	@echo "Demo tables: results/table2.md results/table3.md results/table10.md (CSV beside them)"
+
+# The demo's photos: Debian's dataset-fashion-mnist, installed with apt-get when missing and we are
+# root. Never fails: otherwise the demo_data rule tries torchvision's download and says what to do.
+DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+demo-data:
+	@if [ -f $(DEBIAN_FMNIST) ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "demo-data: dataset-fashion-mnist missing, and installing it needs root and apt-get: the demo will try torchvision's download" >&2; \
+	else \
+	  echo "demo-data: apt-get install dataset-fashion-mnist"; \
+	  out=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) 2>&1 ) || \
+	    { echo "$$out" | tail -5 >&2; echo "demo-data: apt-get install failed" >&2; }; \
+	fi
 
 # The real SLURM test's packages (tests/test_slurm.py): apt-get installs slurm-wlm and munge when
 # they are missing and we are root. Never fails: without root or apt the test skips, saying why.
@@ -46,7 +59,7 @@ slurm-deps:
 	    { echo "$$out" | tail -5 >&2; echo "slurm-deps: apt-get install failed: tests/test_slurm.py will skip" >&2; }; \
 	fi
 
-test: venv llm-extras slurm-deps
+test: venv llm-extras slurm-deps demo-data
 	$(PY) -m pytest --durations=15 -q tests
 
 # Training-step benchmark (docs/bench.md): tiny config, then ViT-B-16 at a small CPU batch.

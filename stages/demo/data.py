@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +38,11 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def find_fashion_mnist(cache: Path) -> Path:
-    """The folder of the four Fashion-MNIST .gz files: Debian's package, installed with apt when
-    root, else torchvision's download into `cache` when online; else one error naming all three."""
+    """The folder of the four Fashion-MNIST .gz files: Debian's package (which `make demo-data`
+    installs), else torchvision's download into `cache` when online; else one error naming both.
+    The library only looks: installing system packages is the Makefile's job."""
     if (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file():
         return DEBIAN_DIR
-    if os.geteuid() == 0:
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]):
-            subprocess.run(command, capture_output=True, check=False)
-        if (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file():
-            return DEBIAN_DIR
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -57,9 +52,9 @@ def find_fashion_mnist(cache: Path) -> Path:
     except Exception as error:  # noqa: BLE001 - any failure here means "not online"; reported below
         raise DatasetError(
             "Fashion-MNIST not found. Tried (1) the Debian package files in "
-            f"{DEBIAN_DIR} (`apt-get install dataset-fashion-mnist`), (2) installing that package "
-            f"with apt (needs root), (3) torchvision's download into {cache} ({error}). "
-            "Install the Debian package or copy the four *-ubyte.gz files into one of these folders"
+            f"{DEBIAN_DIR} and (2) torchvision's download into {cache} ({error}). "
+            "Run `make demo-data` (as root: apt-get install dataset-fashion-mnist), or copy the four "
+            "*-ubyte.gz files into one of these folders"
         ) from error
 
 
