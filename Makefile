@@ -29,10 +29,10 @@ $(VENV)/.llm-extras: $(VENV)/.installed
 	@touch $@
 
 # The embedded demo (config/config.yaml): Fashion-MNIST data, a tiny CLIP pretrained here, every
-# method x 3 seeds, the Table 2/3/10 analogues. Offline on CPU; a rerun is a no-op.
+# method x 3 seeds, the Table 2/3/4/10 analogues and table 30. Offline on CPU; a rerun is a no-op.
 demo: venv demo-data
 	$(PY) -m snakemake --cores 2 --quiet rules
-	@echo "Demo tables: results/table2.md results/table3.md results/table10.md (CSV beside them)"
+	@echo "Demo tables: results/table{2,3,4,10,30}.md (CSV beside them), figures: results/figure_*.png"
 
 # The demo's photos: Debian's dataset-fashion-mnist, installed with apt-get when missing and we are
 # root. Never fails: otherwise the demo_data rule tries torchvision's download and says what to do.

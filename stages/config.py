@@ -262,7 +262,7 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 Metric = Literal["top1", "worst_group", "mean_group", "adjusted_mean", "macro_f1", "worst_region", "minority_mean",
-                 "shortcut_rate"]
+                 "shortcut_rate", "swap_rate"]
 RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -444,7 +444,10 @@ class DemoSettings(Strict):
     """The embedded demo's own pipeline files (workflow/rules/demo.smk): data under data_root, weights."""
 
     seed: int = 0
-    correlation: float = Field(0.95, ge=0, le=1, description="P(class c on its own background) in the biased splits")
+    correlation: float = Field(0.8, ge=0, le=1, description="P(a class on its home background) in the fine-tuning "
+                               "splits (train, val, test)")
+    pretrain_correlation: float = Field(0.5, ge=0, le=1, description="P(a class on its home background) in the "
+                                        "pretraining split (0.2 = no bias: five backgrounds)")
     sizes: dict[str, int] = Field({}, description="split -> number of images (stages.demo.data defaults otherwise)")
     weights: Path = Field(Path("results/demo/TinyCLIP-demo.pt"), description="the pretrained zero-shot model")
     model: str = "TinyCLIP-demo"

@@ -12,61 +12,117 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.data.fmnist_demo import BACKGROUNDS
-from stages.data.source import build_dataset
-from stages.demo.data import build_demo_data, find_fashion_mnist
-from stages.evaluation.metrics import background_shortcut
+from stages.data.fmnist_demo import BACKGROUNDS, FMNIST_NAMES, HELDOUT_CLASSES, HOME, ID_CLASSES
+from stages.data.source import DatasetError, build_dataset
+from stages.demo.data import read_idx, build_demo_data, find_fashion_mnist
+from stages.evaluation.metrics import background_shortcut, background_swap_rate
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {"pretrain": 100, "train": 1000, "val": 50, "test": 100, "group": 250, "sketch": 50, "rendition": 50}
+SIZES = {"pretrain": 1000, "train": 1600, "val": 48, "test": 96, "group": 400, "sketch": 48, "rendition": 48,
+         "heldout-group": 80, "heldout": 20, "all": 50}
 
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    build_demo_data(root / "fmnist-demo", find_fashion_mnist(root / "cache"), seed=3, correlation=0.9, sizes=SIZES)
+    build_demo_data(root / "fmnist-demo", find_fashion_mnist(root / "cache"), seed=3, correlation=0.9,
+                    pretrain_correlation=0.4, sizes=SIZES)
     return root
 
 
-def test_biased_split_has_the_configured_correlation(demo_root: Path) -> None:
-    train = build_dataset("fmnist-demo", demo_root, "train")
-    labels, backgrounds = np.array(train.labels), np.array(train.metadata["backgrounds"])
-    assert len(train) == 1000 and np.bincount(labels).tolist() == [200] * 5
-    own = np.mean(labels == backgrounds)
-    assert abs(own - 0.9) < 0.03, own
-    for label in range(5):  # off-background samples spread over the other four backgrounds
-        others = backgrounds[(labels == label) & (backgrounds != label)]
-        assert set(others.tolist()) <= set(range(5)) - {label} and len(set(others.tolist())) >= 3
+@pytest.mark.parametrize(("split", "correlation", "classes"), [("train", 0.9, 8), ("pretrain", 0.4, 10)])
+def test_biased_splits_have_the_configured_home_share(demo_root: Path, split: str, correlation: float,
+                                                      classes: int) -> None:
+    data = build_dataset("fmnist-demo", demo_root, split)
+    labels, backgrounds = np.array(data.labels), np.array(data.metadata["backgrounds"])
+    homes = np.array(data.metadata["homes"])
+    assert len(data) == SIZES[split] and np.bincount(labels).tolist() == [SIZES[split] // classes] * classes
+    assert [FMNIST_NAMES.index(name) for name in data.classnames] == (ID_CLASSES if split == "train" else list(range(10)))
+    at_home = np.mean(backgrounds == homes[labels])
+    assert abs(at_home - correlation) < 0.04, at_home
+    for label in range(classes):  # off-home samples spread over the other four backgrounds
+        others = backgrounds[(labels == label) & (backgrounds != homes[label])]
+        assert set(others.tolist()) <= set(range(5)) - {homes[label]} and len(set(others.tolist())) >= 3
 
 
-def test_group_split_is_balanced_over_class_and_background(demo_root: Path) -> None:
+def test_families_share_homes_and_held_out_classes_have_fine_tuned_relatives() -> None:
+    home = {FMNIST_NAMES[c]: BACKGROUNDS[HOME[c]] for c in range(10)}
+    assert home["shirt"] == home["t-shirt"] == "in a forest" and home["pullover"] == home["coat"] == "in the snow"
+    assert home["sneaker"] == home["sandal"] == home["ankle boot"] == "in the desert"
+    assert [FMNIST_NAMES[c] for c in HELDOUT_CLASSES] == ["t-shirt", "pullover"]
+    assert not set(HELDOUT_CLASSES) & set(ID_CLASSES) and len(ID_CLASSES) == 8
+
+
+def test_group_split_draws_every_object_on_every_background(demo_root: Path) -> None:
     group = build_dataset("fmnist-demo", demo_root, "group")
-    counts = np.bincount(np.array(group.groups), minlength=25)
-    assert counts.tolist() == [10] * 25
+    counts = np.bincount(np.array(group.groups), minlength=40)
+    assert counts.tolist() == [10] * 40
     assert group.group_names[7] == f"{group.classnames[1]} {BACKGROUNDS[2]}"
+    objects, backgrounds = np.array(group.metadata["objects"]), np.array(group.metadata["backgrounds"])
+    for obj in np.unique(objects):
+        assert sorted(backgrounds[objects == obj].tolist()) == [0, 1, 2, 3, 4]
+    # Only the background differs: where the item is opaque, every render of it has the same pixels.
+    items = read_idx(find_fashion_mnist(demo_root / "cache") / "t10k-images-idx3-ubyte.gz")
+    images = np.asarray(group.images)
+    for obj in np.unique(objects)[:5]:
+        opaque = np.zeros((32, 32), dtype=bool)
+        opaque[2:30, 2:30] = items[obj] >= 160
+        renders = images[objects == obj][:, opaque]
+        assert opaque.sum() > 50 and (renders == renders[0]).all()
+
+
+def test_heldout_group_is_waterbirds_shaped(demo_root: Path) -> None:
+    heldout = build_dataset("fmnist-demo", demo_root, "heldout-group")
+    assert heldout.classnames == ["t-shirt", "pullover"]
+    groups = {name: int(n) for name, n in zip(heldout.group_names, np.bincount(heldout.groups, minlength=10)) if n}
+    assert groups == {"pullover in the snow": 20, "pullover in a forest": 20, "t-shirt in the snow": 20,
+                      "t-shirt in a forest": 20}
+    # The adjusted average's weights are the pretraining split's counts of those groups (recounted here).
+    pretrain = build_dataset("fmnist-demo", demo_root, "pretrain")
+    recount = {f"{pretrain.classnames[label]} {BACKGROUNDS[bg]}": 0 for label in range(10) for bg in range(5)}
+    for label, bg in zip(pretrain.labels, pretrain.metadata["backgrounds"]):
+        recount[f"{pretrain.classnames[label]} {BACKGROUNDS[bg]}"] += 1
+    reference = heldout.metadata["train_group_counts"]
+    assert {name: reference[name] for name in groups} == {name: recount[name] for name in groups}
+    assert recount["t-shirt in a forest"] > 2 * recount["t-shirt in the snow"]
 
 
 def test_builder_is_deterministic_and_renditions_differ(demo_root: Path, tmp_path: Path) -> None:
     build_demo_data(tmp_path / "fmnist-demo", find_fashion_mnist(tmp_path / "cache"), seed=3, correlation=0.9,
-                    sizes=SIZES)
-    for split in ("train", "sketch"):
+                    pretrain_correlation=0.4, sizes=SIZES)
+    for split in ("train", "sketch", "heldout-group"):
         first, again = (np.load(root / "fmnist-demo" / f"{split}.npz") for root in (demo_root, tmp_path))
         assert np.array_equal(first["images"], again["images"]) and np.array_equal(first["labels"], again["labels"])
     sketch = np.load(demo_root / "fmnist-demo" / "sketch.npz")["images"]
     assert (sketch[..., 0] == sketch[..., 1]).all()  # edge maps are grey
     images = np.load(demo_root / "fmnist-demo" / "test.npz")["images"]
-    assert images.shape == (100, 32, 32, 3) and images.dtype == np.uint8
+    assert images.shape == (96, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_too_small_a_paired_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="at least 40"):
+        build_demo_data(tmp_path / "fmnist-demo", find_fashion_mnist(tmp_path / "cache"), sizes={**SIZES, "group": 39})
 
 
 def test_background_shortcut_known_answer() -> None:
-    labels = np.array([0, 0, 1, 1, 1, 2])
-    backgrounds = np.array([0, 1, 1, 0, 0, 1])
-    predictions = np.array([0, 1, 1, 0, 1, 2])
-    # Minority samples (background != label): idx 1 (0 on 1), 3, 4 (1 on 0), 5 (2 on 1).
-    # Group accuracies: (0,1) 0/1, (1,0) 1/2, (2,1) 1/1 -> mean 0.5.
-    # Predicted as the background's owner: idx 1 (1), idx 3 (0) -> 2 of 4.
-    minority, shortcut = background_shortcut(predictions, labels, backgrounds)
-    assert minority == pytest.approx(0.5) and shortcut == pytest.approx(0.5)
+    homes = [1, 1, 0]  # classes 0 and 1 share home 1 (a family), class 2 lives on 0
+    labels = np.array([0, 0, 1, 1, 1, 2, 2])
+    backgrounds = np.array([1, 0, 1, 0, 0, 0, 1])
+    predictions = np.array([0, 2, 1, 2, 1, 2, 0])
+    # Off home: idx 1 (class 0 on 0), 3, 4 (class 1 on 0), 6 (class 2 on 1).
+    # Group accuracies: (0,0) 0/1, (1,0) 1/2, (2,1) 0/1 -> mean 1/6.
+    # Predicted as a class living on the background: idx 1 (2 lives on 0), 3 (2), 6 (0 lives on 1) -> 3 of 4.
+    minority, shortcut = background_shortcut(predictions, labels, backgrounds, homes)
+    assert minority == pytest.approx(1 / 6) and shortcut == pytest.approx(0.75)
+
+
+def test_background_swap_rate_known_answer() -> None:
+    objects = np.array([7, 7, 7, 3, 3, 9, 9])
+    predictions = np.array([0, 0, 1, 2, 2, 0, 1])
+    # Object 7: pairs (0,0) (0,1) (0,1) -> 2/3 differ; object 3: 0/1; object 9: 1/1 -> mean (2/3 + 0 + 1) / 3.
+    assert background_swap_rate(predictions, objects) == pytest.approx(5 / 9)
+    with pytest.raises(ValueError, match="object 4 has one render"):
+        background_swap_rate(np.array([0, 1, 1]), np.array([4, 5, 5]))
 
 
 @pytest.mark.slow
@@ -96,7 +152,7 @@ def test_tiny_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     indexes = sorted((results / "runs").rglob("eval/index.json"))
     assert len(list((results / "benchmarks" / "evaluate").rglob("*.tsv"))) == len(indexes) == 3
     metrics = {path: path.read_bytes() for path in (results / "runs").rglob("eval/demo-*.json")}
-    assert len(metrics) == 3 * 3  # (zero-shot, CAR-FT, StarFT) x (demo-id, demo-sketch, demo-group)
+    assert len(metrics) == 3 * 3  # (zero-shot, CAR-FT, StarFT) x (demo-id, demo-sketch, demo-heldout-group)
 
     # A rerun is a no-op whatever starts snakemake: the venv's `snakemake` entry point, and the
     # interpreter reached through a symlinked venv with other execution settings (workers, batch

@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     data = commands.add_parser("data", help="build <data-root>/fmnist-demo/*.npz from Fashion-MNIST")
     data.add_argument("--data-root", type=Path, required=True)
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--correlation", type=float, default=0.95, help="P(class c on its own background) in train/val/test")
+    data.add_argument("--correlation", type=float, default=0.8, help="P(a class on its home background) in train/val/test")
+    data.add_argument("--pretrain-correlation", type=float, default=0.5,
+                      help="P(a class on its home background) in the pretraining split")
     data.add_argument("--size", action="append", default=[], metavar="SPLIT=N", help="override a split's size")
     data.add_argument("--cache", type=Path, default=Path(".cache/fashion-mnist"), help="download folder (if online)")
     pretrain = commands.add_parser("pretrain", help="pretrain the demo's tiny CLIP on the unbiased split")
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sizes = {key: int(value) for key, _, value in (item.partition("=") for item in args.size)}
             build_demo_data(args.data_root / "fmnist-demo", find_fashion_mnist(args.cache), args.seed,
-                            args.correlation, sizes)
+                            args.correlation, args.pretrain_correlation, sizes)
         else:
             from stages.demo.pretrain import pretrain as run_pretrain
 

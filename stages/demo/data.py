@@ -1,17 +1,22 @@
 """Build the demo's splits from Fashion-MNIST (read back by the ``fmnist-demo`` dataset adapter).
 
-Splits (``<data_root>/fmnist-demo/<split>.npz``: uint8 images [N, 32, 32, 3], labels, backgrounds):
+Splits (``<data_root>/fmnist-demo/<split>.npz``: uint8 images [N, 32, 32, 3], labels, backgrounds,
+object ids, class names, home backgrounds; stages.data.fmnist_demo):
 
-| split      | source     | classes | backgrounds                                             |
-|------------|------------|---------|---------------------------------------------------------|
-| pretrain   | FMNIST train | all 10 | uniform (no bias), 15 % as sketches, 15 % as renditions |
-| train, val | FMNIST train | 5 ID   | class c on background c with probability `correlation` |
-| test       | FMNIST test  | 5 ID   | same bias as train (the ID test)                       |
-| group      | FMNIST test  | 5 ID   | balanced over class x background (Waterbirds analogue) |
-| sketch     | FMNIST test  | 5 ID   | uniform, rendered as an edge map (domain shift)        |
-| rendition  | FMNIST test  | 5 ID   | uniform, inverted and posterised (domain shift)        |
+| split         | source       | classes      | backgrounds                                              |
+|---------------|--------------|--------------|----------------------------------------------------------|
+| pretrain      | FMNIST train | all 10       | home w.p. `pretrain_correlation`; 15 % sketches, 15 % renditions |
+| train, val    | FMNIST train | 8 fine-tuned | home w.p. `correlation`                                  |
+| test          | FMNIST test  | 8 fine-tuned | same bias as train (the ID test)                         |
+| group         | FMNIST test  | 8 fine-tuned | each item on all 5 backgrounds (class x background)      |
+| sketch        | FMNIST test  | 8 fine-tuned | uniform, rendered as an edge map (domain shift)          |
+| rendition     | FMNIST test  | 8 fine-tuned | uniform, inverted and posterised (domain shift)          |
+| heldout-group | FMNIST test  | 2 held out   | each item on both held-out homes (the Waterbirds analogue) |
+| heldout       | FMNIST test  | 2 held out   | uniform (zero-shot transfer to unseen classes)           |
+| all           | FMNIST test  | all 10       | uniform                                                  |
 
-Everything is deterministic given the seed.
+Off-home backgrounds are uniform over the other four. Pretraining and fine-tuning draw from
+disjoint halves of the training images. Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.fmnist_demo import BACKGROUNDS, FMNIST_NAMES, ID_CLASSES
+from stages.data.fmnist_demo import BACKGROUNDS, FMNIST_NAMES, HELDOUT_CLASSES, HOME, ID_CLASSES, SPLITS
 from stages.data.source import DatasetError
 from stages.io import atomic_write_json
 
@@ -31,7 +36,8 @@ SIZE = 32
 PRETRAIN_SKETCH, PRETRAIN_RENDITION = 0.15, 0.15  # shares of the pretrain split drawn in those styles
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
+    """The array of one (gzipped) IDX file of Fashion-MNIST."""
     raw = gzip.open(path).read()
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(raw[3])]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
@@ -105,68 +111,107 @@ def rendition(image: np.ndarray) -> np.ndarray:
     return ((255 - image) // 86 * 127).clip(0, 255).astype(np.uint8)
 
 
+def _background(backgrounds: str, home: int, correlation: float, rng: np.random.Generator) -> int:
+    """One background id: 'biased' = `home` w.p. `correlation`, else one of the others; 'uniform' = any."""
+    if backgrounds == "biased" and rng.random() < correlation:
+        return home
+    if backgrounds == "biased":
+        return int(rng.choice([b for b in range(len(BACKGROUNDS)) if b != home]))
+    return int(rng.integers(len(BACKGROUNDS)))
+
+
 def _draw(items: np.ndarray, labels: np.ndarray, classes: list[int], count: int, backgrounds: str,
-          correlation: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` composites of `classes`: background 'uniform', 'biased' (own w.p. correlation) or 'balanced'."""
-    per_class = count // len(classes)
-    images, out_labels, out_backgrounds = [], [], []
+          correlation: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`count` composites of `classes` (Fashion-MNIST ids) with their labels (positions in `classes`),
+    background and object ids. `backgrounds`: 'uniform', 'biased' (home w.p. `correlation`), 'paired'
+    (every item on all five backgrounds) or 'paired-homes' (every item on each home of `classes`)."""
+    paired = {"paired": list(range(len(BACKGROUNDS))), "paired-homes": sorted({HOME[c] for c in classes})}
+    renders = paired.get(backgrounds, [None])
+    per_class = count // (len(classes) * len(renders))
+    if per_class == 0:
+        raise DatasetError(f"{count} images cannot hold {len(classes)} classes x {len(renders)} backgrounds: "
+                           f"give this split at least {len(classes) * len(renders)} (demo: sizes)")
+    images, out_labels, out_backgrounds, objects = [], [], [], []
     for position, fmnist_class in enumerate(classes):
         pool = np.flatnonzero(labels == fmnist_class)
-        chosen = rng.choice(pool, size=per_class, replace=per_class > len(pool))
-        for n, index in enumerate(chosen):
-            own = position % len(BACKGROUNDS)
-            if backgrounds == "balanced":
-                kind = n % len(BACKGROUNDS)
-            elif backgrounds == "biased" and rng.random() < correlation:
-                kind = own
-            elif backgrounds == "biased":
-                kind = int(rng.choice([b for b in range(len(BACKGROUNDS)) if b != own]))
-            else:
-                kind = int(rng.integers(len(BACKGROUNDS)))
-            images.append(composite(items[index].astype(np.float64), paint_background(kind, rng)))
-            out_labels.append(position)
-            out_backgrounds.append(kind)
-    return np.stack(images), np.array(out_labels), np.array(out_backgrounds)
+        home = HOME[fmnist_class]
+        for index in rng.choice(pool, size=per_class, replace=per_class > len(pool)):
+            for kind in renders:
+                if kind is None:
+                    kind = _background(backgrounds, home, correlation, rng)
+                images.append(composite(items[index].astype(np.float64), paint_background(kind, rng)))
+                out_labels.append(position)
+                out_backgrounds.append(kind)
+                objects.append(int(index))
+    return {"images": np.stack(images), "labels": np.array(out_labels), "backgrounds": np.array(out_backgrounds),
+            "objects": np.array(objects)}
 
 
-def build_demo_data(out_dir: Path, source_dir: Path, seed: int = 0, correlation: float = 0.95,
-                    sizes: dict[str, int] | None = None) -> None:
+def group_counts(split: dict[str, np.ndarray], classes: list[int], of_classes: list[int]) -> np.ndarray:
+    """[len(of_classes), 5] counts of (class, background) in `split` (labels index `classes`)."""
+    counts = np.zeros((len(of_classes), len(BACKGROUNDS)), dtype=np.int64)
+    for row, fmnist_class in enumerate(of_classes):
+        members = split["labels"] == classes.index(fmnist_class)
+        counts[row] = np.bincount(split["backgrounds"][members], minlength=len(BACKGROUNDS))
+    return counts
+
+
+def build_demo_data(out_dir: Path, source_dir: Path, seed: int = 0, correlation: float = 0.8,
+                    pretrain_correlation: float = 0.5, sizes: dict[str, int] | None = None) -> None:
     """Write every split of the demo under `out_dir` (atomically, one .npz per split)."""
-    sizes = {"pretrain": 20000, "train": 5000, "val": 500, "test": 1000, "group": 1250, "sketch": 1000,
-             "rendition": 1000, **(sizes or {})}
-    train_items, train_labels = _read_idx(source_dir / "train-images-idx3-ubyte.gz"), _read_idx(
+    sizes = {"pretrain": 20000, "train": 5000, "val": 500, "test": 1000, "group": 800, "sketch": 800,
+             "rendition": 800, "heldout-group": 1000, "heldout": 500, "all": 500, **(sizes or {})}
+    unknown = sorted(set(sizes) - set(SPLITS))
+    if unknown:
+        raise DatasetError(f"demo sizes: unknown split(s) {unknown}; the splits are {', '.join(SPLITS)}")
+    train_items, train_labels = read_idx(source_dir / "train-images-idx3-ubyte.gz"), read_idx(
         source_dir / "train-labels-idx1-ubyte.gz")
-    test_items, test_labels = _read_idx(source_dir / "t10k-images-idx3-ubyte.gz"), _read_idx(
+    test_items, test_labels = read_idx(source_dir / "t10k-images-idx3-ubyte.gz"), read_idx(
         source_dir / "t10k-labels-idx1-ubyte.gz")
-    # Pretraining and fine-tuning draw from disjoint halves of the training images.
     half = len(train_labels) // 2
-    plans = {
-        "pretrain": (train_items[:half], train_labels[:half], list(range(10)), "uniform"),
-        "train": (train_items[half:], train_labels[half:], ID_CLASSES, "biased"),
-        "val": (train_items[half:], train_labels[half:], ID_CLASSES, "biased"),
-        "test": (test_items, test_labels, ID_CLASSES, "biased"),
-        "group": (test_items, test_labels, ID_CLASSES, "balanced"),
-        "sketch": (test_items, test_labels, ID_CLASSES, "uniform"),
-        "rendition": (test_items, test_labels, ID_CLASSES, "uniform"),
+    all_classes = list(range(len(FMNIST_NAMES)))
+    pretraining, fine_tuning = (train_items[:half], train_labels[:half]), (train_items[half:], train_labels[half:])
+    test = (test_items, test_labels)
+    plans = {  # split: (source, classes, backgrounds, P(home) when biased)
+        "pretrain": (pretraining, all_classes, "biased", pretrain_correlation),
+        "train": (fine_tuning, ID_CLASSES, "biased", correlation),
+        "val": (fine_tuning, ID_CLASSES, "biased", correlation),
+        "test": (test, ID_CLASSES, "biased", correlation),
+        "group": (test, ID_CLASSES, "paired", 0.0),
+        "sketch": (test, ID_CLASSES, "uniform", 0.0),
+        "rendition": (test, ID_CLASSES, "uniform", 0.0),
+        "heldout-group": (test, HELDOUT_CLASSES, "paired-homes", 0.0),
+        "heldout": (test, HELDOUT_CLASSES, "uniform", 0.0),
+        "all": (test, all_classes, "uniform", 0.0),
     }
+    # The adjusted average weights each group by its share where the model learnt those classes:
+    # the fine-tuning split for the fine-tuned classes, pretraining for the held-out ones.
+    reference = {"group": ("train", ID_CLASSES), "heldout-group": ("pretrain", all_classes)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    for offset, (split, (items, labels, classes, backgrounds)) in enumerate(plans.items()):
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    for offset, (split, ((items, labels), classes, backgrounds, p_home)) in enumerate(plans.items()):
         rng = np.random.default_rng([seed, offset])
-        images, split_labels, split_backgrounds = _draw(items, labels, classes, sizes[split], backgrounds,
-                                                        correlation, rng)
+        arrays = _draw(items, labels, classes, sizes[split], backgrounds, p_home, rng)
         if split == "sketch":
-            images = np.stack([sketch(image) for image in images])
+            arrays["images"] = np.stack([sketch(image) for image in arrays["images"]])
         elif split == "rendition":
-            images = np.stack([rendition(image) for image in images])
+            arrays["images"] = np.stack([rendition(image) for image in arrays["images"]])
         elif split == "pretrain":
             # Like CLIP's web data, pretraining has seen other renditions; fine-tuning data has not.
-            style = rng.random(len(images))
-            images = np.stack([sketch(image) if s < PRETRAIN_SKETCH else rendition(image)
-                               if s < PRETRAIN_SKETCH + PRETRAIN_RENDITION else image for image, s in zip(images, style)])
-        names = [FMNIST_NAMES[c] for c in classes]
+            style = rng.random(len(arrays["images"]))
+            arrays["images"] = np.stack([sketch(image) if s < PRETRAIN_SKETCH else rendition(image)
+                                         if s < PRETRAIN_SKETCH + PRETRAIN_RENDITION else image
+                                         for image, s in zip(arrays["images"], style)])
+        drawn[split] = arrays
+        extra = {}
+        if split in reference:
+            source_split, source_classes = reference[split]
+            extra["reference_counts"] = group_counts(drawn[source_split], source_classes, classes)
         tmp = out_dir / f".{split}.tmp.npz"
-        np.savez_compressed(tmp, images=images, labels=split_labels, backgrounds=split_backgrounds,
-                            classnames=np.array(names))
+        np.savez_compressed(tmp, **arrays, classnames=np.array([FMNIST_NAMES[c] for c in classes]),
+                            homes=np.array([HOME[c] for c in classes]), **extra)
         os.replace(tmp, out_dir / f"{split}.npz")
-    atomic_write_json(out_dir / "info.json", {"seed": seed, "correlation": correlation, "sizes": sizes,
-                                              "backgrounds": BACKGROUNDS, "source": str(source_dir)})
+    atomic_write_json(out_dir / "info.json", {
+        "seed": seed, "correlation": correlation, "pretrain_correlation": pretrain_correlation, "sizes": sizes,
+        "backgrounds": BACKGROUNDS, "homes": {FMNIST_NAMES[c]: BACKGROUNDS[HOME[c]] for c in all_classes},
+        "heldout_classes": [FMNIST_NAMES[c] for c in HELDOUT_CLASSES], "source": str(source_dir)})

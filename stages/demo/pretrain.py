@@ -1,6 +1,7 @@
-"""Pretrain the demo's tiny CLIP from scratch, so it starts with zero-shot skill and no bias.
+"""Pretrain the demo's tiny CLIP from scratch, so it starts with zero-shot skill and a mild bias.
 
-Images are the unbiased ``pretrain`` split (all 10 Fashion-MNIST classes, uniform backgrounds);
+Images are the ``pretrain`` split (all 10 Fashion-MNIST classes, each on its home background
+more often than on the others, as web data is mildly biased);
 each image gets one caption drawn per step: "a photo of a <class> <background>." (60 %),
 "a photo of a <class>." (25 %) or "a photo of something <background>." (15 %), so the text
 tower learns both the class words and the background phrases the descriptor bank uses. The

@@ -9,6 +9,8 @@
   distribution (3498/184/56/1057 of 4795 for Waterbirds).
 - macro-F1 as WILDS/sklearn ``f1_score(average="macro", labels=unique(y_true))``: the mean F1 over
   the classes present in the labels (a class that is only predicted adds false positives to none).
+- background swap rate (the demo): per object drawn on several backgrounds, the share of its
+  pairs of renders predicted differently, averaged over objects.
 - worst-region (FMoW): worst-group over the regions, ``Other`` excluded, as WILDS does.
 - projection (IN-R / IN-A): keep the 1000-way logits' columns of the 200-class sub-list.
 """
@@ -65,22 +67,41 @@ def train_weighted_group_mean(table: Sequence[Mapping[str, Any]], train_counts: 
     return float(sum(row["top1"] * train_counts[row["group"]] for row in table) / total)
 
 
-def background_shortcut(predictions: np.ndarray, labels: np.ndarray, backgrounds: np.ndarray) -> tuple[float, float]:
-    """The demo's shortcut measures, where class c "owns" background c.
+def background_shortcut(predictions: np.ndarray, labels: np.ndarray, backgrounds: np.ndarray,
+                        homes: Sequence[int]) -> tuple[float, float]:
+    """The demo's shortcut measures, where class c lives on its home background ``homes[c]``.
 
-    minority_mean: unweighted mean accuracy over the (class, background) groups with
-    background != class; shortcut_rate: the share of those samples predicted as the class that
-    owns their background (worst-group accuracy saturates at 0 once a shortcut is learned; these
-    two keep moving).
+    minority_mean: unweighted mean accuracy over the (class, background) groups off the class's
+    home; shortcut_rate: the share of those samples predicted as a class whose home is their
+    background (worst-group accuracy saturates at 0 once a shortcut is learned; these two keep
+    moving).
     """
     predictions, labels, backgrounds = np.asarray(predictions), np.asarray(labels), np.asarray(backgrounds)
-    minority = labels != backgrounds
+    homes = np.asarray(homes)
+    minority = backgrounds != homes[labels]
     if not minority.any():
-        raise ValueError("no sample lies on a background its class does not own")
+        raise ValueError("no sample lies off its class's home background")
     accuracies = [top1(predictions[minority & (labels == c) & (backgrounds == b)], labels[minority & (labels == c)
                        & (backgrounds == b)])
                   for c, b in sorted(set(zip(labels[minority].tolist(), backgrounds[minority].tolist())))]
-    return float(np.mean(accuracies)), float(np.mean(predictions[minority] == backgrounds[minority]))
+    return float(np.mean(accuracies)), float(np.mean(homes[predictions[minority]] == backgrounds[minority]))
+
+
+def background_swap_rate(predictions: np.ndarray, objects: np.ndarray) -> float:
+    """How often replacing only the background changes the prediction (the demo's paired splits).
+
+    Each object is drawn on several backgrounds; per object, the share of its unordered pairs of
+    renders whose predictions differ; then the mean over objects (each object weighs the same).
+    """
+    predictions, objects = np.asarray(predictions), np.asarray(objects)
+    rates = []
+    for obj in np.unique(objects):
+        predicted = predictions[objects == obj]
+        if len(predicted) < 2:
+            raise ValueError(f"object {obj} has one render: the swap rate needs every object on >= 2 backgrounds")
+        differ = predicted[:, None] != predicted[None, :]
+        rates.append(differ[np.triu_indices(len(predicted), k=1)].mean())
+    return float(np.mean(rates))
 
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -11,7 +11,8 @@ rule demo_data:
         # <data_root>/fmnist-demo/info.json -> <data_root>
         data_root=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
         options=" ".join(
-            [f"--seed {WF.demo.seed}", f"--correlation {WF.demo.correlation}"]
+            [f"--seed {WF.demo.seed}", f"--correlation {WF.demo.correlation}",
+             f"--pretrain-correlation {WF.demo.pretrain_correlation}"]
             + [f"--size {split}={count}" for split, count in WF.demo.sizes.items()]
         ),
     shell:
