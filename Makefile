@@ -34,30 +34,27 @@ demo: venv demo-data
 	$(PY) -m snakemake --cores 2 --quiet rules
 	@echo "Demo tables: results/table{2,3,4,10,30}.md (CSV beside them), figures: results/figure_*.png"
 
-# The demo's photos: Debian's dataset-fashion-mnist, installed with apt-get when missing and we are
-# root. Never fails: otherwise the demo_data rule tries torchvision's download and says what to do.
-DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-demo-data:
-	@if [ -f $(DEBIAN_FMNIST) ]; then :; \
+# Debian packages a target needs, installed with apt-get when missing and we are root. Never fails:
+# $(call apt_install,TARGET,TEST THAT THEY ARE PRESENT,PACKAGES,WHAT HAPPENS WITHOUT THEM)
+define apt_install
+	@if $(2); then :; \
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "demo-data: dataset-fashion-mnist missing, and installing it needs root and apt-get: the demo will try torchvision's download" >&2; \
+	  echo "$(1): $(3) missing, and installing them needs root and apt-get: $(4)" >&2; \
 	else \
-	  echo "demo-data: apt-get install dataset-fashion-mnist"; \
-	  out=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) 2>&1 ) || \
-	    { echo "$$out" | tail -5 >&2; echo "demo-data: apt-get install failed" >&2; }; \
+	  echo "$(1): apt-get install $(3)"; \
+	  out=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(3)) 2>&1 ) || \
+	    { echo "$$out" | tail -5 >&2; echo "$(1): apt-get install failed: $(4)" >&2; }; \
 	fi
+endef
 
-# The real SLURM test's packages (tests/test_slurm.py): apt-get installs slurm-wlm and munge when
-# they are missing and we are root. Never fails: without root or apt the test skips, saying why.
+# The demo's photos (Debian's dataset-fashion-mnist); without them the demo_data rule tries
+# torchvision's download and says what to do.
+demo-data:
+	$(call apt_install,demo-data,[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ],dataset-fashion-mnist,the demo will try torchvision's download)
+
+# The real SLURM test's packages (tests/test_slurm.py); without them the test skips, saying why.
 slurm-deps:
-	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null; then :; \
-	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "slurm-deps: slurm-wlm/munge missing, and installing them needs root and apt-get: tests/test_slurm.py will skip" >&2; \
-	else \
-	  echo "slurm-deps: apt-get install slurm-wlm munge"; \
-	  out=$$( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) 2>&1 ) || \
-	    { echo "$$out" | tail -5 >&2; echo "slurm-deps: apt-get install failed: tests/test_slurm.py will skip" >&2; }; \
-	fi
+	$(call apt_install,slurm-deps,[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null,slurm-wlm munge,tests/test_slurm.py will skip)
 
 test: venv llm-extras slurm-deps demo-data
 	$(PY) -m pytest --durations=15 -q tests
