@@ -2,8 +2,8 @@
 
 ``<data_root>/fmnist-demo/<split>.npz`` holds uint8 images [N, 32, 32, 3], labels, background
 ids, object ids (one per Fashion-MNIST item: the paired splits draw one item on several
-backgrounds), the split's class names, each class's *home* background and, for the group
-splits, the reference group counts of the adjusted average. Groups are class x background.
+backgrounds), the split's class names and, for the group splits, the reference group counts of
+the adjusted average. Groups are class x background; each class's home is ``HOME`` below.
 
 Every class has a home background, shared within a family as ImageNet's birds share habitats:
 light tops (t-shirt, shirt) live in a forest, warm tops (pullover, coat) in the snow, shoes in the
@@ -41,17 +41,18 @@ def fmnist_demo(root: Path, split: str) -> LabeledImages:
     if not path.is_file():
         raise DatasetError(f"{path} is missing: build the demo data with `python -m stages.demo data --data-root {root}` (or `make demo`)")
     with np.load(path) as arrays:
-        if "homes" not in arrays:
-            raise DatasetError(f"{path} was built by an older demo (no home backgrounds): delete "
+        if "objects" not in arrays:
+            raise DatasetError(f"{path} was built by an older demo (no object ids): delete "
                                f"{path.parent} and rebuild it (`make demo` does)")
         images, labels, backgrounds = arrays["images"], arrays["labels"], arrays["backgrounds"]
         classnames = [str(name) for name in arrays["classnames"]]
-        objects, homes = arrays["objects"], arrays["homes"]
+        objects = arrays["objects"]
         reference = arrays["reference_counts"] if "reference_counts" in arrays else None
     groups = [int(label) * len(BACKGROUNDS) + int(bg) for label, bg in zip(labels, backgrounds)]
     group_names = [f"{name} {bg}" for name in classnames for bg in BACKGROUNDS]
     metadata = {"backgrounds": [int(b) for b in backgrounds], "background_names": BACKGROUNDS,
-                "objects": [int(o) for o in objects], "homes": [int(h) for h in homes]}
+                "objects": [int(o) for o in objects],
+                "homes": [HOME[FMNIST_NAMES.index(name)] for name in classnames]}
     if reference is not None:
         metadata["train_group_counts"] = {name: int(count) for name, count in zip(group_names, reference.reshape(-1))}
     return LabeledImages(name="fmnist-demo", classnames=classnames, images=images, labels=[int(v) for v in labels],

@@ -1,7 +1,7 @@
 """Build the demo's splits from Fashion-MNIST (read back by the ``fmnist-demo`` dataset adapter).
 
 Splits (``<data_root>/fmnist-demo/<split>.npz``: uint8 images [N, 32, 32, 3], labels, backgrounds,
-object ids, class names, home backgrounds; stages.data.fmnist_demo):
+object ids, class names; stages.data.fmnist_demo):
 
 | split         | source       | classes      | backgrounds                                              |
 |---------------|--------------|--------------|----------------------------------------------------------|
@@ -186,9 +186,9 @@ def build_demo_data(out_dir: Path, source_dir: Path, seed: int = 0, correlation:
     }
     # The adjusted average weights each group by its share where the model learnt those classes:
     # the fine-tuning split for the fine-tuned classes, pretraining for the held-out ones.
-    reference = {"group": ("train", ID_CLASSES), "heldout-group": ("pretrain", all_classes)}
+    reference = {"group": "train", "heldout-group": "pretrain"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn: dict[str, dict[str, np.ndarray]] = {}
+    counts_of: dict[str, dict[str, np.ndarray]] = {}  # the reference splits' labels and backgrounds
     for offset, (split, ((items, labels), classes, backgrounds, p_home)) in enumerate(plans.items()):
         rng = np.random.default_rng([seed, offset])
         arrays = _draw(items, labels, classes, sizes[split], backgrounds, p_home, rng)
@@ -202,14 +202,14 @@ def build_demo_data(out_dir: Path, source_dir: Path, seed: int = 0, correlation:
             arrays["images"] = np.stack([sketch(image) if s < PRETRAIN_SKETCH else rendition(image)
                                          if s < PRETRAIN_SKETCH + PRETRAIN_RENDITION else image
                                          for image, s in zip(arrays["images"], style)])
-        drawn[split] = arrays
+        if split in reference.values():
+            counts_of[split] = {key: arrays[key] for key in ("labels", "backgrounds")}
         extra = {}
         if split in reference:
-            source_split, source_classes = reference[split]
-            extra["reference_counts"] = group_counts(drawn[source_split], source_classes, classes)
+            source = reference[split]
+            extra["reference_counts"] = group_counts(counts_of[source], plans[source][1], classes)
         tmp = out_dir / f".{split}.tmp.npz"
-        np.savez_compressed(tmp, **arrays, classnames=np.array([FMNIST_NAMES[c] for c in classes]),
-                            homes=np.array([HOME[c] for c in classes]), **extra)
+        np.savez_compressed(tmp, **arrays, classnames=np.array([FMNIST_NAMES[c] for c in classes]), **extra)
         os.replace(tmp, out_dir / f"{split}.npz")
     atomic_write_json(out_dir / "info.json", {
         "seed": seed, "correlation": correlation, "pretrain_correlation": pretrain_correlation, "sizes": sizes,
