@@ -25,6 +25,7 @@ Suffix = Literal["spurious", "random", "none"]
 Decay = Literal["epoch", "step", "none"]
 Select = Literal["last", "val"]
 ImageCheck = Literal["header", "decode", "none"]
+SaveDtype = Literal["fp32", "bf16"]
 
 
 def _registered(name: str) -> str:
@@ -180,6 +181,18 @@ class RunSettings(Strict):
     )
     device: str = "auto"
     checkpoint_every: int = Field(500, ge=1, description="optimiser steps between resumable checkpoints")
+    checkpoint_minutes: float | None = Field(
+        30.0, gt=0, description="minutes of training between resumable checkpoints as well (a node lost without a "
+        "signal loses at most this much); null: steps only")
+    keep_checkpoints: bool = Field(False, description="keep ckpt/ (the resumable state, 3x the weights with AdamW's "
+                                   "moments) once best.pt is written; off: a finished run keeps best.pt only")
+    max_nonfinite_steps: int = Field(
+        10, ge=1, description="consecutive steps with a non-finite loss or gradient norm (each skipped, not applied) "
+        "after which the run stops with the step and the terms that went non-finite")
+    lock_wait_s: float = Field(0.0, ge=0, description="seconds a second trainer of the same run directory waits for "
+                               "the first to finish before it exits naming the holder")
+    save_dtype: SaveDtype = Field("fp32", description="dtype of best.pt's weights (bf16: half the disk; evaluation and "
+                                  "export upcast to fp32)")
     compile: bool = Field(False, description="torch.compile the image and text towers (same maths; minutes of "
                           "compilation, then faster steps on GPU)")
     tracking: list[Tracker] = Field(["tensorboard"], description="live trackers: tensorboard (<run dir>/tb/), "
@@ -216,7 +229,8 @@ class TrainConfig(RunSettings):
 # Settings that change how a run executes, not what it computes (dotted names). A checkpoint or a
 # finished run written under other values of these is the same run: it is resumed, and the
 # workflow never reruns a job because one of them changed (docs/workflow.md, "When a job reruns").
-EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "tracking", "grad_checkpointing", "log_every",
+EXECUTION_FIELDS = ("device", "compile", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
+                    "max_nonfinite_steps", "lock_wait_s", "tracking", "grad_checkpointing", "log_every",
                     "data.workers", "data.data_root", "data.check")
 
 

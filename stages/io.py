@@ -7,9 +7,11 @@ folder, flush, fsync, then rename, which is atomic on POSIX filesystems).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +19,37 @@ from pathlib import Path
 from typing import IO, Any
 
 
+class DiskFullError(OSError):
+    """A write ran out of space; the file it would have replaced is intact."""
+
+
+def _gigabytes(count: float) -> str:
+    return f"{count / 1e9:.2f} GB"
+
+
+def _disk_full(path: Path, error: BaseException, needed: int | None) -> DiskFullError | None:
+    """The `DiskFullError` for a failed write of `path`, when the disk is what failed; else None.
+
+    torch's zip writer reports ENOSPC as ``RuntimeError: ... file write failed``, so besides the
+    errno, a write that failed with less free space left than it needed counts as disk full.
+    """
+    free = shutil.disk_usage(path.parent).free
+    out_of_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not out_of_space and not (needed is not None and free < needed) and free > 0:
+        return None
+    size = f"needs about {_gigabytes(needed)}, " if needed is not None else ""
+    return DiskFullError(errno.ENOSPC, f"no space left on device writing {path} ({size}{_gigabytes(free)} free there; "
+                         "a quota may be lower). Free space or point results elsewhere, then rerun: the previous "
+                         "file is intact")
+
+
 @contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+def _atomic_path(path: Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A block that fails for want of disk space (`needed`: the bytes it writes, when known) raises
+    `DiskFullError` naming the path and the sizes instead of the writer's own error.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,6 +64,12 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)  # first: the check below should see the space it held as free
+        full = _disk_full(path, error, needed)
+        if full is None:
+            raise
+        raise full from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -64,8 +100,19 @@ def atomic_torch_save(path: Path, payload: Any) -> None:
     """`torch.save` to `path` atomically (a checkpoint is either the old one or the new one)."""
     import torch  # here, not at the top: the CLIs that never save a checkpoint start without torch
 
-    with _atomic_path(Path(path)) as tmp:
+    with _atomic_path(Path(path), needed=_tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
+
+
+def _tensor_bytes(payload: Any) -> int:
+    """The bytes of every tensor in a (nested) payload: about what torch.save writes."""
+    if hasattr(payload, "untyped_storage"):
+        return payload.untyped_storage().nbytes()
+    if isinstance(payload, dict):
+        return sum(_tensor_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in payload)
+    return 0
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -8,9 +8,11 @@ ownership"); training, evaluation, export, plan, reports and the workflow's rule
         run.json              the run record (`RunRecord`): config, provenance, classes, sizes
         train_log.jsonl       one row per log window: loss terms, lr, λ, speed, grad norm
         tb/                   TensorBoard events (wandb_id.txt: the W&B run id, to resume the same W&B run)
-        ckpt/last.pt          resumable checkpoint (ckpt/prev.pt: the one before it)
-        ckpt/best_val.pt      best ID-validation weights (select: val)
+        ckpt/last.pt          resumable checkpoint (ckpt/prev.pt: the one before it); removed once best.pt is
+                              written, unless keep_checkpoints
+        ckpt/best_val.pt      best ID-validation weights (select: val); renamed to best.pt at the end
         best.pt               the result's weights, written last: its presence means the run is finished
+        .writer.lock          held by the one process training the run (host, pid; .writer.json adds the job id)
         eval/<benchmark>[@alpha<α>].json, eval/index.json, eval/heads/   evaluation's metrics and caches
 
 ``best.pt`` and ``ckpt/last.pt`` hold (``torch.load(weights_only=True)`` reads both)::
@@ -20,6 +22,10 @@ ownership"); training, evaluation, export, plan, reports and the workflow's rule
                      "parameter": Tensor[C, d]},   # what trains: = weight, or W of Lipsum-FT's s·W
      "model_name": str, "pretrained": str | None, "method": str, "step": int}
 
+A zero-shot run's ``best.pt`` holds ``"state_dict": None`` and the pretrained reference (``model_name``,
+``pretrained``) instead of a copy of the pretrained weights. ``save_dtype: bf16`` stores best.pt's floating
+tensors in bf16 (loading upcasts them to the model's fp32).
+
 ``last.pt`` adds optimiser, scheduler, scaler, loop counters, the teacher of a moving-teacher
 method and every RNG state. A head maps L2-normalised image features to logits:
 ``normalize(f(x)) @ weight.T`` (the zero-shot scale is folded into the weight).
@@ -28,6 +34,11 @@ method and every RNG state. A head maps L2-normalised image features to logits:
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +62,30 @@ BEST = "best.pt"
 """The result's weights file (in the run dir), the default checkpoint of evaluation and export."""
 
 
+WRITER_LEASE_S = 120.0
+"""Seconds after which a writer lock whose holder stopped refreshing it (host lost) may be taken over;
+a holder on this host that died is detected at once. The holder refreshes it every third of that."""
+
+
+class RunLocked(ConfigError):
+    """Another process is training this run directory."""
+
+
+class Interruption(Strict):
+    """One interruption of a run: why, at which step, and how many steps the resume redid."""
+
+    reason: str
+    """A signal's name (SIGTERM, SIGUSR1, SIGINT), ``parent exited``, or ``killed`` (the attempt ended without
+    a signal: kill -9, a lost node, an error)."""
+    step: int
+    """The last step the interrupted attempt reached (for ``killed``: its last logged step, a lower bound)."""
+    at: str
+    resumed_from: int | None = None
+    """The checkpoint step the next attempt resumed from (None until it has)."""
+    steps_lost: int = 0
+    """Steps the resume redid: ``step - resumed_from`` (0 after a signal: the checkpoint is at the signalled step)."""
+
+
 class RunRecord(Strict):
     """``run.json``: what a run was (its config) and what it saw (provenance, classes, sizes)."""
 
@@ -67,6 +102,9 @@ class RunRecord(Strict):
     total_steps: int
     device: str
     world_size: int = 1
+    interruptions: list[Interruption] = []
+    nonfinite_steps: list[int] = []
+    """Steps whose loss or gradient norm was not finite: not applied (their data consumed, the weights untouched)."""
     finished: str | None = None
 
 
@@ -85,6 +123,23 @@ def run_slots(config: TrainConfig) -> dict[str, str]:
 def uses_bank(config: TrainConfig) -> bool:
     """Whether the run reads a descriptor bank (a method using spurious captions, drawn from the bank)."""
     return method_spec(config.method).uses_spurious and config.spurious.suffix == "spurious"
+
+
+class NonFiniteCheckpoint(ValueError):
+    """A checkpoint about to be written holds NaN or inf: it is never written."""
+
+
+def _nonfinite_tensors(payload: Any, name: str = "") -> list[str]:
+    """The dotted names of the floating tensors in `payload` holding NaN or inf (RNG states aside)."""
+    if isinstance(payload, torch.Tensor):
+        return [name] if payload.is_floating_point() and not bool(torch.isfinite(payload).all()) else []
+    if isinstance(payload, dict):
+        items = [(key, value) for key, value in payload.items() if key != "rng"]
+    elif isinstance(payload, (list, tuple)):
+        items = list(enumerate(payload))
+    else:
+        return []
+    return [bad for key, value in items for bad in _nonfinite_tensors(value, f"{name}.{key}" if name else str(key))]
 
 
 @dataclass(frozen=True)
@@ -136,6 +191,20 @@ class RunDir:
         return self.path / "ckpt" / "best_val.pt"
 
     @property
+    def checkpoints(self) -> Path:
+        """The resumable state's folder (last.pt, prev.pt, best_val.pt)."""
+        return self.path / "ckpt"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".writer.lock"
+
+    @property
+    def writer_path(self) -> Path:
+        """Who holds the writer lock (host, pid, SLURM job id), for the message a second writer prints."""
+        return self.path / ".writer.json"
+
+    @property
     def eval_dir(self) -> Path:
         return self.path / "eval"
 
@@ -157,6 +226,63 @@ class RunDir:
         """What training writes (and ``--force`` clears): weights, checkpoints, log."""
         return self.best, self.last, self.prev, self.best_val, self.log
 
+    # --- one writer -------------------------------------------------------------------------
+    @contextmanager
+    def writer(self, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the run's writer lock for the block: one process trains a run directory at a time.
+
+        A lease marker (filelock's ``SoftFileLease``: an exclusive create, which network
+        filesystems honour, refreshed by a heartbeat thread), so it works where ``fcntl`` locks do
+        not; released on any exit of the block, taken over at once when its holder on this host is
+        dead, and after `WRITER_LEASE_S` of silence when the holder's host is gone. A second writer
+        waits up to `wait_s` seconds, then `RunLocked` names the holder. Leftovers of a dead writer
+        (temporary files of an interrupted atomic write) are removed once the lock is held.
+        """
+        from filelock import SoftFileLease, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lease = SoftFileLease(self.lock_path, lease_duration=WRITER_LEASE_S)
+        try:
+            lease.acquire(timeout=wait_s, poll_interval=min(1.0, max(wait_s, 0.05)))
+        except Timeout:
+            raise RunLocked(f"{self.path} is being trained by {self._holder()}: one writer per run. Wait for it to "
+                            f"finish, or stop it; if it is gone, its lock ({self.lock_path}) expires within "
+                            f"{WRITER_LEASE_S:.0f} s") from None
+        try:
+            from stages.io import atomic_write_json
+
+            atomic_write_json(self.writer_path, {"host": socket.gethostname(), "pid": os.getpid(),
+                                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self.remove_leftovers()
+            yield
+        finally:
+            self.writer_path.unlink(missing_ok=True)
+            lease.release()
+
+    def _holder(self) -> str:
+        """The lock holder in words, from .writer.json (or the lock's own record)."""
+        try:
+            holder = json.loads(self.writer_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            from filelock._soft import parse_marker, read_lock_file
+
+            try:
+                record = parse_marker(read_lock_file(str(self.lock_path))[0])
+            except OSError:
+                record = None
+            return "another process" if record is None else f"pid {record.pid} on {record.hostname}"
+        job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+        return f"pid {holder['pid']} on {holder['host']}{job}, since {holder['since']}"
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete the temporary files an atomic write left when its writer died (call with the lock held)."""
+        leftovers = [path for folder in (self.path, self.checkpoints) if folder.is_dir()
+                     for path in folder.glob(".*.tmp") if path.is_file()]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
+
     # --- the run record ---------------------------------------------------------------------
     def read_record(self) -> RunRecord | None:
         """The run record, or None before training wrote one; a record that does not validate is a `ConfigError`."""
@@ -173,17 +299,22 @@ class RunDir:
 
     # --- weights ----------------------------------------------------------------------------
     @staticmethod
-    def weights_payload(student: torch.nn.Module, head: dict[str, Any] | None, config: TrainConfig,
-                        step: int) -> dict[str, Any]:
-        """The weights part of a checkpoint (see the module docstring): fp32 state dict on the CPU."""
-        return {"state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                               for k, v in student.state_dict().items()},
-                "head": head, "model_name": config.model.name, "pretrained": config.model.pretrained,
-                "method": config.method, "step": step}
+    def weights_payload(student: torch.nn.Module | None, head: dict[str, Any] | None, config: TrainConfig,
+                        step: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """The weights part of a checkpoint (see the module docstring): the state dict on the CPU in `dtype`
+        (None for `student`: a reference to the pretrained weights, which are not copied)."""
+        state = None if student is None else {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.cpu()
+                                              for k, v in student.state_dict().items()}
+        return {"state_dict": state, "head": head, "model_name": config.model.name,
+                "pretrained": config.model.pretrained, "method": config.method, "step": step}
 
     @staticmethod
     def save(path: Path, payload: dict[str, Any]) -> None:
-        """Write a checkpoint atomically (a reader never sees half a file)."""
+        """Write a checkpoint atomically (a reader never sees half a file); a non-finite tensor is refused."""
+        bad = _nonfinite_tensors(payload)
+        if bad:
+            raise NonFiniteCheckpoint(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}"
+                                      f"{f' (and {len(bad) - 5} more)' if len(bad) > 5 else ''}")
         atomic_torch_save(path, payload)
 
     def load_model(self, checkpoint: str = BEST, device: str | torch.device = "cpu") -> LoadedModel:
@@ -199,8 +330,11 @@ class RunDir:
                     "(train it with `python -m stages.training --config CONFIG --out RUN_DIR`)"
                 )
         payload = read_checkpoint(path)
-        bundle = create_clip(payload["model_name"], None, device="cpu")
-        bundle.model.load_state_dict(payload["state_dict"])
+        if payload["state_dict"] is None:  # a zero-shot run: a reference to the pretrained weights
+            bundle = create_clip(payload["model_name"], payload["pretrained"], device="cpu")
+        else:
+            bundle = create_clip(payload["model_name"], None, device="cpu")
+            bundle.model.load_state_dict(payload["state_dict"])  # copies (and upcasts bf16) into the fp32 model
         bundle.model.to(device)
         bundle.pretrained = payload["pretrained"]
         head = payload.get("head")
@@ -225,6 +359,10 @@ class RunDir:
                 state = read_checkpoint(path)  # RNG states are tensors and plain types: weights_only loads them
             except ModelLoadError as error:
                 problems.append(str(error).split("; accepted:")[0])
+                continue
+            except Exception as error:  # noqa: BLE001  any failure to read a checkpoint means "unreadable"
+                # torch's unpickler meets damaged bytes with IndexError, KeyError, ... as well.
+                problems.append(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})"[:240])
                 continue
             if not isinstance(state, dict) or "optimizer" not in state:
                 problems.append(f"{path} is not a resumable checkpoint (no optimiser state)")

@@ -54,7 +54,7 @@ def test_run_directory_contract(tmp_path: Path) -> None:
     config = tiny_config("starft", spurious__suffix="none")
     best = train(config, tmp_path / "run")
     run = tmp_path / "run"
-    assert best == run / "best.pt" and (run / "ckpt" / "last.pt").is_file()
+    assert best == run / "best.pt" and not (run / "ckpt").exists()  # the resumable state goes once best.pt is written
     run_json = json.loads((run / "run.json").read_text())
     assert run_json["model"] == {"name": "TinyCLIP-test", "pretrained": "none"} and run_json["total_steps"] == 4
     assert run_json["config"]["method"] == "starft" and run_json["code_version"].startswith("stages@")
@@ -70,14 +70,16 @@ def test_run_directory_contract(tmp_path: Path) -> None:
     assert best.stat().st_mtime_ns == mtime
 
 
-def test_zeroshot_run_saves_the_pretrained_weights_unchanged(tmp_path: Path) -> None:
+def test_zeroshot_run_refers_to_the_pretrained_weights_unchanged(tmp_path: Path) -> None:
     config = tiny_config("zeroshot", model__pretrained=str(tmp_path / "init.pt"))
     torch.manual_seed(11)
     torch.save(create_clip("TinyCLIP-test", None).model.state_dict(), tmp_path / "init.pt")
     train(config, tmp_path / "run")
-    saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    payload = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert payload["state_dict"] is None and payload["pretrained"] == str(tmp_path / "init.pt")  # no copy
+    loaded = RunDir(tmp_path / "run").load_model().bundle.model.state_dict()
     original = torch.load(tmp_path / "init.pt", weights_only=True)
-    assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
+    assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in loaded)
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
 
 
@@ -124,7 +126,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.Mo
 def test_carot_run_teacher_is_carot_loss_py_ema_of_the_students(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A 4-step CaRot run (EMA every 2): its teacher = a float64 EMA, on CaRot's schedule, of the students it saw."""
-    config = tiny_config("carot", options__carot__ema_every=2)  # 2 epochs x 2 steps
+    config = tiny_config("carot", options__carot__ema_every=2, keep_checkpoints=True)  # 2 epochs x 2 steps
     cls = method_class("carot")
     students: dict[int, dict[str, torch.Tensor]] = {}
     original_begin, original_after = cls.begin_step, cls.after_optimizer_step
@@ -217,7 +219,7 @@ def test_trains_on_the_imagenet_train_layout(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path: Path) -> None:
-    first = tiny_config("flyp", optim__epochs=1)
+    first = tiny_config("flyp", optim__epochs=1, keep_checkpoints=True)
     train(first, tmp_path / "run")
     (tmp_path / "run" / "best.pt").unlink()  # pretend it never finished, leaving ckpt/last.pt behind
     changed = tiny_config("flyp", optim__epochs=1, optim__lr=5e-4)
@@ -234,7 +236,8 @@ def test_compile_option_trains_like_eager_and_its_checkpoint_resumes_eagerly(tmp
     # A small lr: AdamW's first updates are ±lr wherever a gradient is at rounding level, which
     # would amplify the compiled kernels' different float rounding into visibly different weights.
     settings = {"spurious__bank": bank, "optim__lr": 1e-5}
-    eager, compiled = tiny_config("starft", **settings), tiny_config("starft", compile=True, **settings)
+    eager = tiny_config("starft", **settings)
+    compiled = tiny_config("starft", compile=True, keep_checkpoints=True, **settings)
     train(eager, tmp_path / "eager")
     train(compiled, tmp_path / "compiled")
     logs = {run: [json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]

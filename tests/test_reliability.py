@@ -106,7 +106,7 @@ def test_empty_class_folder_in_imagefolder_is_refused_with_its_path(tmp_path: Pa
 
 
 def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tiny_config("ft", checkpoint_every=1)  # 2 epochs x 2 steps: checkpoints at steps 1, 2, 3, 4
+    config = tiny_config("ft", checkpoint_every=1, keep_checkpoints=True)  # 2 epochs x 2 steps: steps 1, 2, 3, 4
     train(config, tmp_path / "straight")
     run = tmp_path / "run"
     train(config, run)
@@ -217,7 +217,7 @@ def test_training_checks_images_first_and_skip_corrupt_counts(tmp_path: Path, ca
     train(_folder_config(tmp_path, data__skip_corrupt=True), tmp_path / "skip")
     out = capsys.readouterr().out
     assert "warning: 1 unreadable training image(s)" in out
-    assert "data.skip_corrupt: skipped 1 unreadable training image loads" in out
+    assert "data.skip_corrupt: replaced 1 unreadable training image loads" in out
 
 
 def test_header_check_is_cheap_and_ignores_in_memory_images(tmp_path: Path) -> None:

@@ -4,7 +4,12 @@ Trains one run into RUN_DIR (default: the templated run-directory path under ``-
 resuming from ``RUN_DIR/ckpt/last.pt`` (or ``ckpt/prev.pt`` if last.pt is corrupt) when present.
 When ``RUN_DIR/best.pt`` exists the run is finished: the same config does nothing, another config
 is refused with the fields that differ (use another --out, or --force to retrain it). Before
-training, every train image is checked (data.check: header, decode or none). ``--print-config``
+training, every train image is checked (data.check: header, decode or none).
+
+One process trains a run directory at a time (a second one waits lock_wait_s, then exits 2 naming
+the holder). SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and SIGINT finish the step
+in flight, write the checkpoint and exit 75: interrupted, resumable by the same command. Exit 2: an
+error (one line naming the file or setting and the fix). ``--print-config``
 prints the resolved config (every field, defaults filled in) as YAML and exits; the fields and
 their defaults are listed below.
 """
@@ -59,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--force", action="store_true",
                         help="retrain from scratch even if RUN_DIR holds a finished run (of this or another config)")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop (checkpoint, exit 75) when the process that started this one dies: for workflow "
+                        "jobs, so that a killed job never leaves its trainer running beside the retry")
     args = parser.parse_args(argv)
     if args.config is None and (not args.print_config or args.overrides):
         parser.error("--config is required (--print-config alone prints the defaults)")
     # Imported after parsing, so that --help does not wait for torch and open_clip.
     from stages.data.source import DatasetError
     from stages.descriptors.bank import BankError
+    from stages.io import DiskFullError
     from stages.models.factory import ModelLoadError
-    from stages.rundir import RunDir
+    from stages.rundir import NonFiniteCheckpoint, RunDir
     from stages.training.distributed import LaunchError
-    from stages.training.loop import train
+    from stages.training.interrupt import EXIT_INTERRUPTED, RunInterrupted
+    from stages.training.loop import NonFiniteLoss, train
 
     try:
         config = TrainConfig() if args.config is None else load_train_config(args.config,
@@ -77,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
             return 0
         run_dir = RunDir(args.out) if args.out is not None else RunDir.of(config, args.results)
-        best = train(config, run_dir, force=args.force)
-    except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError) as error:
+        best = train(config, run_dir, force=args.force, watch_parent=args.exit_with_parent)
+    except RunInterrupted as interrupted:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError, NonFiniteLoss, NonFiniteCheckpoint,
+            DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(best)

@@ -175,6 +175,16 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag, true when it is true on any rank (one small all-reduce), so that every rank takes the
+    same branch (stop, checkpoint, skip a step) at the same step. One process: the flags."""
+    if not _distributed():
+        return flags
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
+
+
 def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Each tensor with every rank's shard concatenated along dim 0 in rank order (one call per step
     gathers everything a loss needs); gradients flow back to each shard. One process: the tensors."""

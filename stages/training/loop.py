@@ -1,9 +1,12 @@
 """The one training loop every method shares, top to bottom.
 
-``train``: finished already? -> `setup` (model, data, method, optimiser, schedule, run record) ->
-`restore` (ckpt/last.pt, if any) -> for each epoch, for each optimiser step: `optimizer_step` over
-its micro-batches, a log row every ``log_every`` steps, a checkpoint every ``checkpoint_every`` ->
-`end_of_epoch` (validation, checkpoint) -> `finalise` (best.pt, written last).
+``train``: finished already? -> the run directory's writer lock -> `setup` (model, data, method,
+optimiser, schedule, run record) -> `restore` (ckpt/last.pt, if any) -> for each epoch, for each
+optimiser step: `optimizer_step` over its micro-batches (a step with a non-finite loss or gradient
+norm is not applied), a log row every ``log_every`` steps, a checkpoint every ``checkpoint_every``
+steps or ``checkpoint_minutes`` -> `end_of_epoch` (validation, checkpoint) -> `finalise` (best.pt,
+written last; ckpt/ removed). A stop signal (SIGTERM, SIGUSR1, SIGINT) ends the step in flight,
+writes the checkpoint and raises `RunInterrupted` (the CLI exits 75: resumable).
 
 Resuming is exact on CPU: every random draw of a sample (crop, a method's per-sample draw) is
 seeded by (seed, epoch, sample index), the epoch's order by (seed, epoch), and the model-side RNG
@@ -16,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -33,10 +37,11 @@ from stages.data.check import check_images
 from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset, load_image
 from stages.io import atomic_write_text
 from stages.methods import Method, MethodContext, Progress, build_method
-from stages.models.factory import create_clip
+from stages.models.factory import create_clip, read_checkpoint
 from stages.provenance import code_version, now, provenance
-from stages.rundir import RunDir, RunRecord
-from stages.training.distributed import DistInfo, TrainingStep, init_distributed
+from stages.rundir import Interruption, RunDir, RunRecord
+from stages.training.distributed import DistInfo, TrainingStep, any_rank, init_distributed, resolve_launch
+from stages.training.interrupt import CheckpointClock, RunInterrupted, StopRequests, ignore_stop_signals
 from stages.training.tracking import Tracker
 
 
@@ -45,35 +50,52 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class TrainingSamples(Dataset):
-    """Samples addressed by ``(epoch, index)``; each one's crop and per-sample draw depend only on that key."""
+    """Samples addressed by ``(epoch, index)``; each one's crop and per-sample draw depend only on that key.
+
+    With `skip_corrupt`, an unreadable image is replaced by the next readable one of the dataset (under
+    the same key's seed), so every batch keeps its size: under DDP every rank's shard stays as large as
+    the others' and every rank steps as often, and a resumed run draws the same replacements.
+    """
 
     def __init__(self, source: LabeledImages, transform: Callable[[Any], torch.Tensor], seed: int,
-                 draw: Callable[[], dict[str, int]] | None = None) -> None:
+                 draw: Callable[[], dict[str, int]] | None = None, skip_corrupt: bool = False) -> None:
         """`draw`: the method's per-sample draw (``Method.sample_draw``), called after the crop."""
         self.source, self.transform, self.seed, self.draw = source, transform, seed, draw
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        """The sample, or ``{"corrupt": message}`` for an unreadable image (see `collate_samples`)."""
+        """The sample (``"skipped"``: the unreadable images it replaced), or ``{"corrupt": message}``."""
         epoch, index = key
+        skipped: list[str] = []
         # fork_rng keeps the caller's global RNG untouched (workers=0 runs in the main process).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, epoch, index))
-            try:
-                image = self.transform(load_image(self.source.images[index]))
-            except DatasetError as error:
-                return {"corrupt": str(error)}
+            for offset in range(len(self.source)):
+                chosen = (index + offset) % len(self.source)
+                try:
+                    image = self.transform(load_image(self.source.images[chosen]))
+                    break
+                except DatasetError as error:
+                    if not self.skip_corrupt:
+                        return {"corrupt": str(error)}
+                    skipped.append(str(error))
+            else:
+                return {"corrupt": f"{self.source.name}: no training image is readable ({skipped[0]})"}
             drawn = self.draw() if self.draw is not None else {}
-        return {"image": image, "label": self.source.labels[index], **drawn}
+        return {"image": image, "label": self.source.labels[chosen], **drawn, "skipped": skipped}
 
 
 def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch the readable samples; ``"corrupt"`` lists the unreadable ones' messages (raised or counted in the loop)."""
-    readable = [item for item in items if "corrupt" not in item]
+    """Batch the samples; ``"corrupt"`` lists unreadable images that were not replaced (an error in the loop),
+    ``"skipped"`` the ones that were (counted)."""
+    readable = [{key: value for key, value in item.items() if key != "skipped"} for item in items
+                if "corrupt" not in item]
     batch = default_collate(readable) if readable else {}
     batch["corrupt"] = [item["corrupt"] for item in items if "corrupt" in item]
+    batch["skipped"] = [message for item in items for message in item.get("skipped", [])]
     return batch
 
 
@@ -196,15 +218,29 @@ class Optimisation:
 
 @dataclass
 class StepResult:
-    """One optimiser step's loss terms (means over its micro-batches), gradient norm and lr, all on the device."""
+    """One optimiser step's loss terms (means over its micro-batches), gradient norm and lr, all on the device;
+    `applied` is False when a term or the gradient norm was not finite (the weights were left as they were)."""
 
     terms: dict[str, torch.Tensor]
     grad_norm: torch.Tensor
     lr: float
+    applied: bool = True
+
+    def nonfinite(self) -> list[str]:
+        """The loss terms (and ``grad_norm``) that are not finite."""
+        values = {**self.terms, "grad_norm": self.grad_norm}
+        return [name for name, value in values.items() if not bool(torch.isfinite(value))]
 
 
 def optimizer_step(parts: Optimisation, group: list[dict[str, torch.Tensor]], progress: Progress) -> StepResult:
-    """One optimiser step over the micro-batches `group` (what ``make bench`` times); reads nothing back from the device."""
+    """One optimiser step over the micro-batches `group` (what ``make bench`` times).
+
+    Reads one flag back from the device: whether the loss terms and the gradient norm are finite
+    (all ranks agreeing). A step that is not finite is not applied, so no NaN ever reaches the
+    weights or the optimiser's moments; the schedule advances as for any step (its data was consumed).
+    fp16's gradient scaler keeps its own rule for gradients (it skips steps whose gradients overflow
+    and lowers the scale), so there only the loss terms are checked here.
+    """
     method = parts.method
     method.begin_step(progress)
     parts.optimizer.zero_grad(set_to_none=True)
@@ -225,12 +261,18 @@ def optimizer_step(parts: Optimisation, group: list[dict[str, torch.Tensor]], pr
     parameters = [p for group_ in parts.optimizer.param_groups for p in group_["params"]]
     grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, parts.grad_clip) if parts.grad_clip is not None
                  else torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
+    checked = list(terms.values()) + ([] if parts.scaler.is_enabled() else [grad_norm.detach().float()])
+    finite = bool(torch.isfinite(torch.stack(checked)).all()) if checked else True
+    (bad,) = any_rank([not finite], parts.device)
+    if bad:
+        parts.optimizer.zero_grad(set_to_none=True)
+    else:
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
     lr = parts.scheduler.get_last_lr()[0]
     parts.scheduler.step()
     method.after_optimizer_step(progress.step + 1)
-    return StepResult(terms, grad_norm.detach().float(), lr)
+    return StepResult(terms, grad_norm.detach().float(), lr, applied=not bad)
 
 
 # --- the log window ---------------------------------------------------------------------------
@@ -292,6 +334,7 @@ class Training:
     step: int = 0
     best_val: float = -1.0
     skipped: list[str] = field(default_factory=list)
+    nonfinite_streak: int = 0
 
     @property
     def writes(self) -> bool:
@@ -303,20 +346,33 @@ class Training:
         return Progress(step=self.step, epoch=self.step // self.steps_per_epoch, total_steps=self.total_steps,
                         epochs=self.config.optim.epochs)
 
-    def weights(self) -> dict[str, Any]:
-        return RunDir.weights_payload(self.method.student, self.method.head_state(), self.config, self.step)
+    def weights(self, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """The student's weights (a zero-shot run: a reference to the pretrained ones, not a copy)."""
+        student = self.method.student if self.method.spec.trains else None
+        return RunDir.weights_payload(student, self.method.head_state(), self.config, self.step, dtype)
+
+    def result_weights(self) -> dict[str, Any]:
+        """The weights as best.pt stores them (save_dtype)."""
+        return self.weights(torch.bfloat16 if self.config.save_dtype == "bf16" else torch.float32)
 
     def save_last(self) -> None:
-        """The resumable checkpoint; the previous one is kept as ckpt/prev.pt (a corrupt last.pt falls back to it)."""
+        """The resumable checkpoint; the previous one is kept as ckpt/prev.pt (a corrupt last.pt falls back to it).
+
+        The prev.pt before it is deleted first, so that the disk never holds more than one resumable
+        checkpoint beside the one being written (a write that fails for want of space leaves prev.pt,
+        which the resume reads).
+        """
         if not self.writes:
             return
         payload = self.weights()
         payload.update(optimizer=self.parts.optimizer.state_dict(), scheduler=self.parts.scheduler.state_dict(),
                        best_val=self.best_val, teacher=self.method.teacher_state(), rng=_rng_states(),
                        config=self.record.config.model_dump(mode="json"), scaler=self.parts.scaler.state_dict())
+        self.run_dir.prev.unlink(missing_ok=True)
         if self.run_dir.last.is_file():
             os.replace(self.run_dir.last, self.run_dir.prev)
         RunDir.save(self.run_dir.last, payload)
+        self.run_dir.write_record(self.record)  # its interruptions and non-finite steps up to this checkpoint
 
 
 def _finished(run_dir: RunDir, config: TrainConfig, force: bool) -> bool:
@@ -335,6 +391,8 @@ def _finished(run_dir: RunDir, config: TrainConfig, force: bool) -> bool:
         raise ConfigError(f"{run_dir.path} holds a finished run of another config ({'; '.join(changes)}): pass "
                           "another --out for the new config, or --force to retrain this directory with it")
     print(f"{run_dir.best} exists: run already finished, nothing to do")
+    if not config.keep_checkpoints:  # a run killed between writing best.pt and removing ckpt/
+        shutil.rmtree(run_dir.checkpoints, ignore_errors=True)
     return True
 
 
@@ -345,7 +403,7 @@ def _check_train_images(source: LabeledImages, config: TrainConfig) -> None:
         return
     listing = f"{len(bad)} unreadable training image(s), e.g. {bad[0][0]} ({bad[0][1]})"
     if config.data.skip_corrupt:
-        print(f"warning: {listing}: data.skip_corrupt is set, they will be skipped")
+        print(f"warning: {listing}: data.skip_corrupt is set, each is replaced by the next readable image")
         return
     raise DatasetError(
         f"{listing}. Fix: replace them (list all with `python -m stages.data check --dataset {config.data.train_set} "
@@ -353,17 +411,13 @@ def _check_train_images(source: LabeledImages, config: TrainConfig) -> None:
     )
 
 
-def _drop_corrupt(group: list[dict[str, Any]], config: TrainConfig, skipped: list[str]) -> list[dict[str, Any]]:
-    """The micro-batches without their unreadable images (recorded in `skipped`), or a `DatasetError` for the first."""
-    kept = []
+def _count_skipped(group: list[dict[str, Any]], skipped: list[str]) -> None:
+    """Record the unreadable images the samples replaced (data.skip_corrupt); a `DatasetError` for one that was not."""
     for batch in group:
         corrupt = batch.pop("corrupt")
-        if corrupt and not config.data.skip_corrupt:
-            raise DatasetError(f"{corrupt[0]} (or set data.skip_corrupt: true to skip and count unreadable images)")
-        skipped += corrupt
-        if "label" in batch:
-            kept.append(batch)
-    return kept
+        if corrupt:
+            raise DatasetError(f"{corrupt[0]} (or set data.skip_corrupt: true to replace and count unreadable images)")
+        skipped += batch.pop("skipped")
 
 
 @torch.no_grad()
@@ -415,19 +469,32 @@ def setup(config: TrainConfig, run_dir: RunDir) -> Training:
         val_source = build_dataset(config.data.train_set, config.data.data_root, config.data.val_split,
                                    **config.data.dataset_options())
         val_loader = DataLoader(ImageDataset(val_source, bundle.preprocess_val), batch_size=micro_batch,
-                                num_workers=config.data.workers)
+                                num_workers=config.data.workers, worker_init_fn=ignore_stop_signals)
     facts = provenance()
+    history = _history(run_dir, config)
     record = RunRecord(config=config, model=config.model, method=config.method, code_version=code_version(facts["git"]),
                        provenance=facts, **method.record(), classnames=train_source.classnames,
                        train_size=len(train_source), steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                       device=str(device), world_size=dist_info.world_size)
+                       device=str(device), world_size=dist_info.world_size, **history)
     if dist_info.is_main:
         run_dir.path.mkdir(parents=True, exist_ok=True)
         run_dir.write_record(record)
     parts = Optimisation.build(method, config, total_steps, device, dist_info) if method.spec.trains else None
     return Training(config, run_dir, dist_info, device, method, parts,
-                    TrainingSamples(train_source, bundle.preprocess_train, config.seed, method.sample_draw()),
+                    TrainingSamples(train_source, bundle.preprocess_train, config.seed, method.sample_draw(),
+                                    skip_corrupt=config.data.skip_corrupt),
                     val_loader, record, micro_batch, steps_per_epoch, total_steps)
+
+
+def _history(run_dir: RunDir, config: TrainConfig) -> dict[str, Any]:
+    """What the run record of an earlier attempt of this same run says about it (interruptions, skipped steps)."""
+    try:
+        previous = run_dir.read_record()
+    except ConfigError:  # a record of another pipeline version: its history is not this run's
+        return {}
+    if previous is None or config_changes(previous.config.model_dump(mode="json"), config.model_dump(mode="json")):
+        return {}
+    return {"interruptions": previous.interruptions, "nonfinite_steps": previous.nonfinite_steps}
 
 
 def restore(run: Training) -> None:
@@ -452,11 +519,41 @@ def restore(run: Training) -> None:
         run.step, run.best_val = state["step"], state["best_val"]
         _set_rng_states(state["rng"])
         print(f"resuming {run.run_dir.path} from step {run.step}/{run.total_steps}")
-    # Drop log lines written after the checkpoint we resume from (they will be redone).
+    # Drop log lines written after the checkpoint we resume from (they will be redone); a line cut off
+    # by a kill mid-write is dropped too.
     log_path = run.run_dir.log
     if run.writes and log_path.is_file():
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line).get("step", 0) <= run.step]
+        rows = [(line, _log_row(line)) for line in log_path.read_text(encoding="utf-8").splitlines()]
+        reached = max((row.get("step", 0) for _, row in rows if row is not None), default=0)
+        kept = [line for line, row in rows if row is not None and row.get("step", 0) <= run.step]
         atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+        if state is not None:
+            _record_resume(run, reached)
+    if state is None:  # from scratch: an earlier attempt's history is not this one's
+        run.record.interruptions = []
+    run.record.nonfinite_steps = [step for step in run.record.nonfinite_steps if step < run.step]
+
+
+def _log_row(line: str) -> dict[str, Any] | None:
+    """One train_log.jsonl row, or None for a line that is not one (cut off by a kill mid-write)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _record_resume(run: Training, reached: int) -> None:
+    """Complete the run record's interruption entry for this resume: the signalled one written when the last
+    attempt stopped, or, when it stopped without a signal (kill -9, node lost), a ``killed`` entry whose step is
+    its last logged step (a lower bound of where it was)."""
+    pending = run.record.interruptions[-1] if run.record.interruptions else None
+    if pending is None or pending.resumed_from is not None:
+        pending = Interruption(reason="killed", step=max(reached, run.step), at=now())
+        run.record.interruptions.append(pending)
+    pending.resumed_from = run.step
+    pending.steps_lost = max(0, pending.step - run.step)
+    run.run_dir.write_record(run.record)
 
 
 def end_of_epoch(run: Training, epoch: int, log: IO[str], tracker: Tracker) -> None:
@@ -469,45 +566,65 @@ def end_of_epoch(run: Training, epoch: int, log: IO[str], tracker: Tracker) -> N
         tracker.log(row)
         if top1 > run.best_val:
             run.best_val = top1
-            if run.writes:
-                RunDir.save(run.run_dir.best_val, run.weights())
+            if run.writes:  # already as best.pt stores them: finalise renames it, no second copy
+                RunDir.save(run.run_dir.best_val, run.result_weights())
     run.save_last()
 
 
 def finalise(run: Training) -> None:
-    """best.pt (the last epoch's or the best validation epoch's weights), written last: the run is complete."""
+    """best.pt (the last epoch's or the best validation epoch's weights), written last: the run is complete.
+
+    Then the resumable state (ckpt/) goes, unless keep_checkpoints: nothing reads it again.
+    """
     if run.skipped:
-        print(f"data.skip_corrupt: skipped {len(run.skipped)} unreadable training image loads")
+        print(f"data.skip_corrupt: replaced {len(run.skipped)} unreadable training image loads")
     if not run.writes:
         return
-    payload = (torch.load(run.run_dir.best_val, map_location="cpu", weights_only=True)
-               if run.config.select == "val" else run.weights())
     run.run_dir.write_record(run.record.model_copy(update={"finished": now()}))
-    RunDir.save(run.run_dir.best, payload)
+    if run.config.select == "val" and run.config.keep_checkpoints:
+        RunDir.save(run.run_dir.best, read_checkpoint(run.run_dir.best_val))
+    elif run.config.select == "val":
+        os.replace(run.run_dir.best_val, run.run_dir.best)
+    else:
+        RunDir.save(run.run_dir.best, run.result_weights())
+    if not run.config.keep_checkpoints:
+        shutil.rmtree(run.run_dir.checkpoints, ignore_errors=True)
 
 
-def train(config: TrainConfig, run_dir: RunDir | Path, force: bool = False) -> Path:
-    """Run (or resume, or skip if finished) one training run into `run_dir`; return its best.pt.
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm: the run stops (nothing non-finite saved)."""
 
-    A finished run of another config (execution-only settings aside) is refused with the
-    differing fields, unless `force` (retrain from scratch). Under torchrun every rank runs this
-    function on its shard of each global batch; only rank 0 writes files.
-    """
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
-    if _finished(run_dir, config, force):
-        return run_dir.best
-    run = setup(config, run_dir)
-    if not run.method.spec.trains:  # zero-shot: the pretrained weights are the result
-        finalise(run)
-        return run_dir.best
-    restore(run)
-    optim, method = config.optim, run.method
+
+def _account_nonfinite(run: Training, result: StepResult, log: IO[str]) -> None:
+    """Count a step that was not applied (logged with its step and terms); stop after max_nonfinite_steps in a row."""
+    if result.applied:
+        run.nonfinite_streak = 0
+        return
+    names = result.nonfinite() or ["another rank's loss terms"]
+    run.nonfinite_streak += 1
+    run.record.nonfinite_steps.append(run.step)
+    log.write(json.dumps({"step": run.step, "nonfinite": names, "applied": False}) + "\n")
+    log.flush()
+    print(f"warning: step {run.step}: {', '.join(names)} not finite; the step is not applied", flush=True)
+    if run.nonfinite_streak >= run.config.max_nonfinite_steps:
+        last = run.run_dir.last if run.run_dir.last.is_file() else None
+        raise NonFiniteLoss(
+            f"step {run.step}: {', '.join(names)} not finite for {run.nonfinite_streak} consecutive steps (none "
+            f"applied); last good checkpoint: {last or 'none (a rerun starts from scratch)'}. Fix: lower optim.lr or "
+            "set optim.grad_clip (or precision: fp32), check the data, then rerun (it resumes from that checkpoint)")
+
+
+def run_steps(run: Training, stops: StopRequests) -> str | None:
+    """Train from `run.step` to the end (or to a stop request); return the stop's reason, None when finished."""
+    config, optim, method = run.config, run.config.optim, run.method
     method.train()
-    progress_bar = tqdm(total=run.total_steps, initial=run.step, desc=f"{config.method} {run_dir.path.name}",
+    progress_bar = tqdm(total=run.total_steps, initial=run.step, desc=f"{config.method} {run.run_dir.path.name}",
                         unit="step", disable=not run.writes)
-    tracker = Tracker(run_dir, config.tracking, run.record.config.model_dump(mode="json"), enabled=run.writes)
+    tracker = Tracker(run.run_dir, config.tracking, run.record.config.model_dump(mode="json"), enabled=run.writes)
     window = LogWindow(run.device, run.dist.world_size)
-    with open(run_dir.log if run.writes else os.devnull, "a", encoding="utf-8") as log:
+    clock = CheckpointClock(config.checkpoint_minutes)
+    stop = False
+    with open(run.run_dir.log if run.writes else os.devnull, "a", encoding="utf-8") as log:
 
         def write_row(epoch: int, lr: float, progress: Progress) -> None:
             row = window.row(run.step, epoch, lr, method.log_values(progress))
@@ -517,31 +634,68 @@ def train(config: TrainConfig, run_dir: RunDir | Path, force: bool = False) -> P
                 tracker.log(row)
                 progress_bar.set_postfix(loss=f"{row['loss']:.4f}")
 
-        while run.step < run.total_steps:
+        while run.step < run.total_steps and not stop:
             epoch, step_in_epoch = divmod(run.step, run.steps_per_epoch)
             sampler = EpochSampler(len(run.samples), config.seed, epoch, start=step_in_epoch * optim.batch_size,
                                    rank=run.dist.rank, world_size=run.dist.world_size)
             micro_batches = iter(DataLoader(run.samples, batch_size=run.micro_batch, sampler=sampler,
                                             num_workers=config.data.workers, pin_memory=run.device.type == "cuda",
-                                            collate_fn=collate_samples))
+                                            collate_fn=collate_samples, worker_init_fn=ignore_stop_signals))
             for _ in range(step_in_epoch, run.steps_per_epoch):
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:
                     break
-                group = _drop_corrupt(group, config, run.skipped)
+                _count_skipped(group, run.skipped)
                 progress = run.progress()
                 result = optimizer_step(run.parts, group, progress)
                 run.step += 1
-                window.add(result, sum(len(batch["label"]) for batch in group))
+                _account_nonfinite(run, result, log)
+                if result.applied:
+                    window.add(result, sum(len(batch["label"]) for batch in group))
                 progress_bar.update()
-                checkpoint = run.step % config.checkpoint_every == 0 or run.step % run.steps_per_epoch == 0
+                # Every rank stops (or checkpoints on time) at the same step: a rank alone in a collective hangs.
+                stop, due = any_rank([stops.requested() is not None, clock.due()], run.device)
+                epoch_done = run.step % run.steps_per_epoch == 0
+                checkpoint = run.step % config.checkpoint_every == 0 or epoch_done or due or stop
                 if run.step % config.log_every == 0 or checkpoint:
                     write_row(epoch, result.lr, progress)
                 # The epoch's last step is checkpointed after validation, so a resume never skips it.
-                if checkpoint and run.step % run.steps_per_epoch != 0:
+                if checkpoint and not epoch_done:
                     run.save_last()
-            end_of_epoch(run, epoch, log, tracker)
+                    clock.reset()
+                if stop:
+                    break
+            if not stop or run.step % run.steps_per_epoch == 0:
+                end_of_epoch(run, epoch, log, tracker)
+                clock.reset()
     progress_bar.close()
     tracker.close()
-    finalise(run)
+    return (stops.requested() or "another rank's stop signal") if stop else None
+
+
+def train(config: TrainConfig, run_dir: RunDir | Path, force: bool = False, watch_parent: bool = False) -> Path:
+    """Run (or resume, or skip if finished) one training run into `run_dir`; return its best.pt.
+
+    One writer per run: rank 0 holds the run directory's writer lock throughout. A finished run of
+    another config (execution-only settings aside) is refused with the differing fields, unless
+    `force` (retrain from scratch). SIGTERM, SIGUSR1 or SIGINT (or, with `watch_parent`, the death of
+    the process that started this one) stops the run at the next step boundary with a checkpoint:
+    `RunInterrupted`. Under torchrun every rank runs this function on its shard of each global batch;
+    only rank 0 writes files.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    writer = run_dir.writer(config.lock_wait_s) if resolve_launch(os.environ).info.is_main else nullcontext()
+    with writer, StopRequests(watch_parent) as stops:
+        if _finished(run_dir, config, force):
+            return run_dir.best
+        run = setup(config, run_dir)
+        if run.method.spec.trains:
+            restore(run)
+            reason = run_steps(run, stops)
+            if reason is not None:
+                if run.writes:
+                    run.record.interruptions.append(Interruption(reason=reason, step=run.step, at=now()))
+                    run.run_dir.write_record(run.record)
+                raise RunInterrupted(reason, run.step, str(run_dir.last))
+        finalise(run)  # zero-shot: best.pt refers to the pretrained weights
     return run_dir.best
