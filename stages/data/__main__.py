@@ -105,9 +105,12 @@ def _targets(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any] | None]
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from stages.data.prepare import prepare_all
+    from stages.data.prepare import prepare, prepare_all
 
     needs, data_root = _targets(args)
+    if not args.all:  # one named dataset: no route is an error, not a note
+        print(prepare(args.dataset, data_root, args.mirror, args.from_dir))
+        return 0
     for line in prepare_all(list(needs), data_root, args.mirror, args.from_dir):
         print(line)
     return 0

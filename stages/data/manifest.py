@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +88,10 @@ def parse_manifest(path: Path) -> Manifest:
     return Manifest(dataset=raw["dataset"], version=raw["version"], source=raw["source"], splits=splits)
 
 
-@lru_cache(maxsize=None)
 def load_manifest(dataset: str) -> Manifest | None:
-    """The shipped manifest of registered dataset `dataset`, or None when it has none (own data, the demo)."""
+    """The shipped manifest of registered dataset `dataset`, or None when it has none (own data, the demo).
+
+    Read on every call (a few hundred bytes): ``MANIFEST_DIR`` is looked up when called, not imported."""
     path = MANIFEST_DIR / f"{dataset}.json"
     if not path.is_file():
         return None

@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 DOWNLOADS = ".downloads"
 MIRROR_ENV = "STAGES_DATA_MIRROR"
 CHUNK_BYTES = 1 << 20
+"""Bytes per read when hashing."""
+STREAM_BYTES = 1 << 16
+"""Bytes per network read: a dropped connection loses at most this much of what arrived."""
 ATTEMPTS = 5
 """Connection attempts per file and fetch (each resumes where the previous one stopped)."""
 TIMEOUT_S = 60
@@ -158,7 +161,7 @@ def download(url: str, destination: Path, size: int | None = None, session: obje
                 with open(part, "ab" if offset else "wb") as handle, \
                         tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name,
                              disable=not progress, file=sys.stderr) as bar:
-                    for chunk in response.iter_content(CHUNK_BYTES):
+                    for chunk in response.iter_content(STREAM_BYTES):
                         handle.write(chunk)
                         bar.update(len(chunk))
                 if total is not None and part.stat().st_size < total:

@@ -159,8 +159,8 @@ def _split_report(dataset: str, source: LabeledImages, expected: SplitCounts | N
                                f"{abs(expected.images - report.images):,} images")
     if report.classes != expected.classes:
         absent = [label for label in range(len(source.classnames)) if label not in per_label]
-        report.problems.append(f"{report.classes} of {expected.classes} classes"
-                               + (f"; missing {_shown(_names(absent, source.classnames))}" if absent else ""))
+        report.problems.append(f"missing {len(absent)} classes: {_shown(_names(absent, source.classnames))}" if absent
+                               else f"{report.classes} classes, the release has {expected.classes}")
     if expected.per_class is not None:
         uneven = sorted(label for label, count in per_label.items() if count != expected.per_class)
         if uneven:
