@@ -4,7 +4,8 @@
 #   snakemake --configfile config/paper.yaml --profile workflow/profiles/slurm -- results/table2.md
 #
 # The config is validated by the pydantic models of stages.config before any job (a bad key stops
-# the parse, naming it); dataset folders are checked in onstart (dry runs skip it). See docs/workflow.md.
+# the parse, naming it); datasets under data_root are verified against their manifests at parse time (a partial
+# one stops even a dry run) and every needed one in onstart (dry runs skip it). See docs/workflow.md.
 
 import os
 import shlex
@@ -32,6 +33,15 @@ try:
     plan.check_references(WF, generated_banks=True)
 except ConfigError as error:
     raise WorkflowError(f"{error}\nFix the config key named above; nothing was run.")
+# Data readiness, before any job is planned (dry runs included): every dataset the config reads that is
+# under data_root must verify against its manifest (cached; absent ones are onstart's, so -n plans anywhere).
+if workflow.is_main_process:
+    try:
+        warning = plan.check_data_ready(WF, *plan.config_data(WF), present_only=True)
+    except ConfigError as error:
+        raise WorkflowError(f"{error}\nNothing was run.")
+    if warning:
+        print(warning, file=sys.stderr)
 
 # Rules call `python`: the interpreter running snakemake, whatever path started it (`snakemake`,
 # `python -m snakemake`, a symlinked venv). Its folder goes first on PATH in every job's shell
@@ -91,6 +101,13 @@ onstart:
             train_sets={run_of(job.wildcards).data.train_set for job in jobs if job.rule.name == "train"},
             benchmarks={benchmark for job in jobs if job.rule.name == "evaluate"
                         for benchmark in run_benchmarks(job.wildcards)},
+        )
+        plan.check_data_ready(
+            WF,
+            train_sets={run_of(job.wildcards).data.train_set for job in jobs if job.rule.name == "train"},
+            benchmarks={benchmark for job in jobs if job.rule.name == "evaluate"
+                        for benchmark in run_benchmarks(job.wildcards)},
+            present_only=False,
         )
     except ConfigError as error:
         raise WorkflowError(str(error))

@@ -475,6 +475,8 @@ class WorkflowConfig(RunSettings):
 
     results: Path = Field(Path("results"), description="output root (run dirs under results/runs)")
     data_root: Path = Field(Path("data"), description="parent folder of every dataset (checked before any job)")
+    allow_partial: bool = Field(False, description="score datasets that fall short of their manifest "
+                                "(python -m stages.data verify) as they are, on purpose; every table then says so")
     archs: dict[str, str] = Field(min_length=1, description="open_clip name -> pretrained tag (first = default)")
     model: ModelConfig | None = Field(None, description="one model that replaces archs in every table, e.g. "
                                       "--config 'model={name: TinyCLIP-test, pretrained: none}'")

@@ -245,3 +245,63 @@ def check_data(config: WorkflowConfig, train_sets: set[str], benchmarks: set[str
             except DatasetError as error:
                 raise ConfigError(f"data_root: {error}\nNeeded by {key}. Fix: set data_root in the config "
                                   "(or --config data_root=PATH) to the folder that holds it.") from error
+
+
+def config_data(config: WorkflowConfig) -> tuple[set[str], set[str]]:
+    """(train sets of the runs that train, benchmarks of every table column): the data a config reads."""
+    train_sets = {run.data.train_set for number in config.tables for run in table_runs(config, number)
+                  if method_spec(run.method).trains}
+    benchmarks = {column.benchmark for table in config.tables.values() for column in table.columns}
+    return train_sets, benchmarks
+
+
+def data_needs(config: WorkflowConfig, train_sets: set[str], benchmarks: set[str]) -> dict[str, dict[str, Any] | None]:
+    """Dataset -> None (checked against its manifest) or, for your own data, the splits and options to
+    check for consistent classes. Datasets with neither (the demo's, built by the workflow) are not gated."""
+    from stages.data.manifest import load_manifest
+    from stages.data.verify import OWN_DATA
+
+    needs: dict[str, dict[str, Any] | None] = {}
+    for name in sorted(train_sets):
+        spec = config.train_sets[name]
+        if name in OWN_DATA:
+            options = DataConfig(train_set=name, **_fields(spec, DataSettings)).dataset_options()
+            needs[name] = {"splits": [spec.train_split] + ([spec.val_split] if spec.val_split else []),
+                           "train_split": spec.train_split, "options": options}
+        elif load_manifest(name) is not None:
+            needs[name] = None
+    for benchmark in sorted(benchmarks):
+        dataset, split = BENCHMARKS[benchmark].dataset, BENCHMARKS[benchmark].split
+        if dataset in OWN_DATA:
+            own = needs.setdefault(dataset, {"splits": [], "train_split": None, "options": {}})
+            assert own is not None
+            if split not in own["splits"]:
+                own["splits"].append(split)
+        elif load_manifest(dataset) is not None:
+            needs.setdefault(dataset, None)
+    return needs
+
+
+def check_data_ready(config: WorkflowConfig, train_sets: set[str], benchmarks: set[str], present_only: bool) -> str | None:
+    """The workflow gate: verify every dataset these train sets and benchmarks read (cached per dataset).
+
+    `present_only` (at parse time, dry runs included): only datasets whose folder is under data_root,
+    so ``snakemake -n`` still plans the grid on a machine without data, while a partial or misarranged
+    one stops it; onstart checks them all. Every shortfall is named in one ConfigError, or, with
+    ``allow_partial``, returned as a warning (None when all verify).
+    """
+    from stages.data.verify import cached_verify, gate_message, is_present
+
+    reports = []
+    for dataset, own in data_needs(config, train_sets, benchmarks).items():
+        if present_only and not is_present(dataset, config.data_root, own):
+            continue
+        report = cached_verify(dataset, config.data_root, own)
+        if report is not None:
+            reports.append(report)
+    if not reports:
+        return None
+    message = gate_message(reports)
+    if config.allow_partial:
+        return "warning: allow_partial=true, scoring these datasets as they are:\n" + message
+    raise ConfigError(message)

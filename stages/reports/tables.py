@@ -74,6 +74,8 @@ class Table:
     number: int
     spec: TableSpec
     rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    """Lines printed under the title (e.g. that partial datasets were scored on purpose)."""
 
     @property
     def value_columns(self) -> list[str]:
@@ -207,7 +209,28 @@ def build_table(config: WorkflowConfig, number: int) -> Table:
     if spec.rank:
         for row, rank in zip(table.rows, average_ranks(table.rows, [column.label for column in spec.columns])):
             row.stats[spec.rank].values = [] if rank is None else [rank]
+    if config.allow_partial:
+        table.notes.append(partial_note(config, number))
     return table
+
+
+def partial_note(config: WorkflowConfig, number: int) -> str:
+    """The line a table built with ``allow_partial`` carries: which columns scored fewer images than the release."""
+    from stages.data.manifest import load_manifest
+    from stages.evaluation.benchmarks import BENCHMARKS
+
+    short = []
+    for column in config.tables[number].columns:
+        bench = BENCHMARKS[column.benchmark]
+        manifest = load_manifest(bench.dataset)
+        expected = manifest.splits.get(bench.split) if manifest else None
+        scored = [json.loads(path.read_text(encoding="utf-8")).get("n") for cell in plan.table_cells(config, number)
+                  if plan.fills(column, cell) and (path := cell.eval_path(config.results, column.benchmark)).is_file()]
+        found = max((n for n in scored if isinstance(n, int)), default=None)
+        if expected is not None and found is not None and found != expected.images:
+            short.append(f"{column.label} {found:,} of {expected.images:,} images")
+    return ("**Partial data (allow_partial=true):** datasets were scored as they are, not as released"
+            + (f"; {', '.join(short)}." if short else "."))
 
 
 def average_ranks(rows: list[Row], labels: list[str]) -> list[float | None]:
@@ -231,7 +254,7 @@ def markdown(table: Table) -> str:
     """The table in markdown: ``mean ± std (n)`` per cell, then the paper's number and the difference."""
     spec = table.spec
     header = [SLOT_HEADERS[slot] for slot in spec.rows] + table.columns
-    lines = [f"# {spec.title}", ""]
+    lines = [f"# {spec.title}", ""] + [line for note in table.notes for line in (note, "")]
     lines.append("Ours: mean ± std over seeds (the value alone from one seed; n seeds when fewer than planned)"
                  + ("; paper's number and ours − paper in brackets." if spec.paper else ".") + " — = missing.")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
