@@ -84,8 +84,10 @@ def _check_link(archive: str, member: str, target: Path, path: Path, link: str, 
         if relative is None:
             raise _refuse(archive, member, f"is a hard link to the archive root {link!r}")
         pointee = target / relative
-    lexical = os.path.abspath(os.path.normpath(pointee))
-    if not _inside(target, Path(lexical)) or os.path.commonpath([os.path.abspath(target), lexical]) != os.path.abspath(target):
+    # Both readings must stay inside: the lexical one (for parts not on disk yet) and the one that
+    # follows the links already extracted (``up -> .`` then ``up/x -> ..`` is lexically inside).
+    lexical = os.path.abspath(pointee)
+    if not _inside(target, pointee) or os.path.commonpath([os.path.abspath(target), lexical]) != os.path.abspath(target):
         raise _refuse(archive, member, f"links outside the dataset folder ({link!r})")
     return pointee
 
@@ -187,7 +189,7 @@ def extract_zip(archive: Path, target: Path, *, strip: str | None = None, rename
                     os.symlink(link, path)
                 elif info.is_dir():
                     path.mkdir(parents=True, exist_ok=True)
-                elif mode and not stat.S_ISREG(mode):
+                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # many zips store no file type: a regular file
                     raise _refuse(label, info.filename, "is a device, FIFO or other special file")
                 else:
                     with bundle.open(info) as data:
