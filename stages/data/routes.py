@@ -29,11 +29,17 @@ class RemoteFile:
     """The official URL (``--mirror`` replaces its scheme and host)."""
     sha256: str | None = None
     md5: str | None = None
-    """Checksums from the release (or recorded here from the official archive); at least one unless `manual`."""
+    """Checksums from the release (or recorded here from the official archive). A file with none of md5, sha256
+    or `git_sha1` is either `manual` or follows the unpublished-checksum rule of ``prepare_routes._checks``
+    (published `size` + full decompression + the metadata cross-check in ``arrange``), which its route's note names."""
     size: int | None = None
     """Bytes, when published (the progress bar's total)."""
     manual: str | None = None
     """Set for files behind a login or a browser (Kaggle, Google Drive, licence forms): the exact manual step."""
+    git_sha1: str | None = None
+    """For a file served from a git repository at a pinned commit, whose release publishes no md5/sha256: its
+    git blob id (``git hash-object``, as the repository tree lists it); ``prepare_routes._checks.git_blob_sha1``
+    computes it for a downloaded file."""
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ CALTECH_SPLITS = Layout(
     f"101_ObjectCategories from data.caltech.edu (Caltech101), {FLYP}",
 )
 CALTECH_ALL = Layout(
-    "caltech101", ("caltech101/101_ObjectCategories", "101_ObjectCategories"),
-    "  caltech101/101_ObjectCategories/<category folder>/image_XXXX.jpg   (BACKGROUND_Google is skipped)",
+    "caltech101", ("caltech101/101_ObjectCategories", "101_ObjectCategories", "caltech-101/101_ObjectCategories"),
+    "  caltech101/101_ObjectCategories/<category folder>/image_XXXX.jpg   (BACKGROUND_Google is skipped;\n"
+    "  caltech-101/101_ObjectCategories/, beside the FLYP split folders as prepare writes it, is read too)",
     "caltech-101.zip from data.caltech.edu/records/mzrjq-6wc02 (torchvision.datasets.Caltech101 layout)",
 )
 STANFORD_CARS = Layout(

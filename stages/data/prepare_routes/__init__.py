@@ -1,12 +1,26 @@
-"""Per-dataset prepare routes: one module per dataset family, each calling ``register_route``.
+"""The prepare routes of every dataset family: importing this package registers them all.
 
-Importing this package imports every module in it (so a new family is one new file, with no list
-to edit here); ``stages.data.prepare.load_routes`` does that on first use, so importing
-``stages.data`` itself stays light.
+Each public module of this folder (``cifar``, ``transfer``, ``group_shift``, ``wilds``, ``imagenet``,
+...) declares its datasets' published files and ``arrange`` functions with ``register_route``.
+Modules are found by listing the folder, not named here, so a family's module is added without
+touching this file (and branches adding different families merge without conflict); modules
+starting with ``_`` are shared helpers.
 """
+
+from __future__ import annotations
 
 import importlib
 import pkgutil
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from stages.data.routes import PrepareRoute, prepare_routes
+
+
+def _import_all() -> None:
+    """Import every public module of this package (each registers its routes once, at import)."""
+    for module in sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+_import_all()
+
+__all__ = ["PrepareRoute", "prepare_routes"]
