@@ -216,36 +216,39 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
 def test_two_writers_one_run_directory(tmp_path: Path) -> None:
     first = tiny_config("ft", optim__epochs=2, optim__max_steps_per_epoch=6)
     (tmp_path / "first.yaml").write_text(yaml.safe_dump(first.model_dump(mode="json")))
-    straight = _trainer(tmp_path / "first.yaml", tmp_path / "straight")  # the same process settings as the holder
-    assert straight.wait(timeout=300) == 0, straight.communicate()
     run = RunDir(tmp_path / "run")
     holder = _trainer(tmp_path / "first.yaml", run.path)
     _wait_for(run.log, holder)  # training has begun: the lock is held
+    second = tiny_config("ft", optim__lr=5e-4)
     with pytest.raises(RunLocked) as caught:
-        train(tiny_config("ft", optim__lr=5e-4), run)
+        train(second, run)
     message = str(caught.value)
     assert message.startswith(f"{run.path} is being trained by pid {holder.pid} on {socket.gethostname()}, since ")
     assert "one writer per run" in message and "\n" not in message
     out, err = holder.communicate(timeout=300)
     assert holder.returncode == 0, err
+    torch.set_num_threads(1)  # as the trainer (OMP_NUM_THREADS=1): the same kernels, so the same bits
+    train(first, tmp_path / "straight")
     assert _same_weights(run.best, tmp_path / "straight" / "best.pt")  # the trainer's own weights
+    assert json.loads(run.record_path.read_text())["config"]["optim"]["lr"] == first.optim.lr
     assert not run.lock_path.exists() and not run.writer_path.exists()
 
 
 def test_a_dead_writers_lock_and_leftovers_are_taken_over(tmp_path: Path) -> None:
-    config = tiny_config("ft", optim__epochs=2, optim__max_steps_per_epoch=40)
+    config = tiny_config("ft", optim__epochs=1, optim__max_steps_per_epoch=40, optim__batch_size=2, log_every=1)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     run = RunDir(tmp_path / "run")
     victim = _trainer(tmp_path / "cfg.yaml", run.path)
-    _wait_for(run.last, victim)
+    _wait_for(run.log, victim)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     assert run.lock_path.exists()  # kill -9: nothing released it
     leftovers = [run.checkpoints / ".last.pt.x1y2z3.tmp", run.path / ".best.pt.a1b2c3.tmp"]
     for path in leftovers:
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"half a checkpoint")
-    train(config, run)  # same host, dead pid: taken over at once
-    assert run.best.is_file() and not any(path.exists() for path in leftovers)
+    train(config.model_copy(update={"optim": config.optim.model_copy(update={"max_steps_per_epoch": 2})}), run)
+    assert run.best.is_file() and not any(path.exists() for path in leftovers)  # same host, dead pid: taken over
 
 
 def test_trainer_stops_when_its_parent_dies(tmp_path: Path) -> None:
