@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from stages.data.source import ImageRef, LabeledImages
+from stages.data.source import ImageRef, LabeledImages, UnreadableImage, open_image
 
 CHUNK = 256
 """Images per thread-pool task (a million-image split is a few thousand tasks, not a million futures)."""
@@ -24,13 +24,16 @@ CHUNK = 256
 
 def image_problem(ref: ImageRef, decode: bool) -> str | None:
     """Why `ref` (a path, or a file inside a shard) cannot be used as an image (None when it can):
-    header only, or a full decode."""
+    header only, or a full decode. An image over the decode cap (`stages.data.source.max_image_pixels`) is
+    unreadable at its header, as `load_image` refuses it."""
     try:
-        with Image.open(ref if isinstance(ref, (str, Path)) else ref.open()) as image:
+        with open_image(ref) as image:
             if decode:
                 image.convert("RGB")
             elif image.width < 1 or image.height < 1:
                 return f"empty image ({image.width}x{image.height})"
+    except UnreadableImage as error:
+        return error.reason
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:  # PIL raises SyntaxError on bad headers
         return str(error) or type(error).__name__
     return None
