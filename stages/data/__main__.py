@@ -3,6 +3,8 @@
 Lists every unreadable image of a dataset split (a fast parallel header check; ``--decode``
 decodes every pixel, which also finds truncated files). Exit status 0 when all images read,
 2 when any does not (each printed as ``bad: PATH: REASON``) or the dataset cannot be built.
+It always reads every file, and stamps the verdict (``stages.data.check.check_images_once``), so
+training jobs on the same unchanged files skip their own check.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--workers", type=int, default=None, help="parallel readers (default: 2 x CPUs, at most 16)")
     args = parser.parse_args(argv)
 
-    from stages.data.check import check_images
+    from stages.data.check import check_images_once
     from stages.data.source import DatasetError, build_dataset
 
     try:
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    bad = check_images(source, decode=args.decode, workers=args.workers, progress=True)
+    bad = check_images_once(source, decode=args.decode, workers=args.workers, progress=True, recheck=True)
     for path, reason in bad:
         print(f"bad: {path}: {reason}")
     kind = "decoded" if args.decode else "header-checked"

@@ -101,7 +101,9 @@ def open_image(ref: Any) -> Iterator[Image.Image]:
                 size = f"{image.width} x {image.height} = {image.width * image.height:,} pixels"
                 raise UnreadableImage(ref, _too_large(size, limit))
             yield image
-    except Image.DecompressionBombError as error:  # PIL's check at open (over twice the cap) or at a later frame
+    # PIL's own check at open (over twice its limit) or at a later frame; its warning arrives as an exception
+    # where warnings are errors (python -W error).
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         size = str(error).split(" exceeds")[0]  # PIL's "Image size (N pixels) exceeds limit of ..."
         raise UnreadableImage(ref, _too_large(size, limit)) from error
 
