@@ -307,8 +307,13 @@ def test_the_crop_cache_removes_a_dead_builds_temporary_files(tmp_path: Path, ca
         leftover.write_bytes(b"\0" * 4096)
     other = cache / "other-0123.npy.node7-4244.tmp"  # another cache file's build: not this lock's business
     other.write_bytes(b"\0")
+    legacy_lock = target.with_suffix(".lock")  # older code's flock file, empty and never removed
+    legacy_lock.touch()
+    started = time.monotonic()
     assert isinstance(evaluation_images(source, PREPROCESS, cache, workers=0), CachedImages)
+    assert time.monotonic() - started < 30  # no wait on the legacy file
     assert target.is_file() and not any(path.exists() for path in leftovers) and other.exists()
+    assert not legacy_lock.exists() and sorted(path.name for path in cache.iterdir()) == sorted([other.name, target.name])
     assert f"removed {leftovers[0]}" in capsys.readouterr().out
 
 
@@ -316,7 +321,7 @@ def test_the_crop_cache_is_skipped_when_its_lock_stays_held(tmp_path: Path, monk
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     fakes.waterbirds(tmp_path / "data")
     source = build_dataset("waterbirds", tmp_path / "data", "test")
-    lock_file = cache_file(tmp_path / "cache", source, T.Compose(PREPROCESS.transforms[:2])).with_suffix(".lock")
+    lock_file = image_cache.lock_file(cache_file(tmp_path / "cache", source, T.Compose(PREPROCESS.transforms[:2])))
     holder = _holder(lock_file)
     monkeypatch.setattr(image_cache, "WAIT_LIMIT_S", 1.0)
     try:

@@ -13,7 +13,7 @@ makes from the PIL crop, so cached and uncached evaluations give identical predi
 The file name is a hash of the image list (base folder and relative paths) and of the PIL
 transforms' repr (sizes, interpolation), so ViT-B-16 and ViT-L-14 with the same 224 px
 bicubic preprocessing share one file, and anything else gets its own. Concurrent jobs (a SLURM
-array of α values) serialise on a lock file beside it (a filelock soft lease, which network
+array of α values) serialise on a lock file beside it (`lock_file`, a filelock soft lease, which network
 filesystems honour where ``flock`` is not: see ``stages.io``): one builds, the others wait and then
 read. A waiter whose lock stays held for `WAIT_LIMIT_S` (a holder alive but stuck) evaluates without
 the cache, with the same results. A build writes ``<file>.<host>-<pid>.tmp`` and renames it into
@@ -92,6 +92,12 @@ class _Crops(Dataset):
         return np.asarray(self.pil_part(load_image(self.source.images[index])), dtype=np.uint8)
 
 
+def lock_file(path: Path) -> Path:
+    """The lock of cache file `path`: ``<file>.lock`` (``<name>.lock``, without ``.npy``, was the flock of older
+    code; it is empty, and a soft lease would take it for a holder that recorded no pid)."""
+    return path.with_name(f"{path.name}.lock")
+
+
 def _temporary(path: Path) -> Path:
     """This process's temporary file for building `path` (host and pid say whose it is to a reader)."""
     return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
@@ -158,10 +164,13 @@ def evaluation_images(
         return ImageDataset(source, preprocess)
     pil_part, tensor_part = parts
     path = cache_file(cache_dir, source, pil_part)
-    with held_lock(path.with_suffix(".lock"), f"building {path.name}", WAIT_LIMIT_S) as held:
+    with held_lock(lock_file(path), f"building {path.name}", WAIT_LIMIT_S) as held:
         if not held:  # the message said which lock and holder; decoding gives the same predictions
             return ImageDataset(source, preprocess)
         remove_leftovers(path)
+        legacy = path.with_suffix(".lock")  # the empty flock file of older code (a soft lease would wait on it)
+        if legacy.is_file() and legacy.stat().st_size == 0:
+            legacy.unlink(missing_ok=True)
         if not path.is_file():
             _build(path, source, pil_part, workers)
     crops = np.load(path, mmap_mode="r", allow_pickle=False)
