@@ -142,9 +142,13 @@ def held_lock(lock_file: Path, what: str, wait_limit_s: float, notify_every_s: f
     try:
         lock.acquire(timeout=wait_limit_s, cancel_check=note)
     except Timeout:
+        held = False
         print(f"warning: {lock_file} stayed held by {lock_holder(lock)} ({what}) for {wait_limit_s:.0f} s; going on "
               f"without it. If that process is gone and the file stays, delete {lock_file}", flush=True)
-        yield False
+    else:
+        held = True
+    if not held:
+        yield False  # outside the except clause: an error in the caller's block is not chained to the Timeout
         return
     try:
         yield True
@@ -164,7 +168,7 @@ def _scratch_owner_gone(folder: Path) -> bool:
             return False  # removed meanwhile by another sweeper
     if age > STALE_SCRATCH_SECONDS:  # no refresh for three lease periods: gone, on whatever host it ran
         return True
-    lock = lease_lock(marker)
+    lock = SoftFileLease(str(marker), lease_duration=LEASE_SECONDS)  # not lease_lock: never recreate the folder
     try:  # one attempt: succeeds at once when the holder ran on this host and its pid is gone
         lock.acquire(blocking=False)
     except Timeout:
