@@ -203,6 +203,19 @@ def test_check_lists_bombs_among_good_images_in_header_and_decode_mode(tmp_path:
         assert bad[0] == target and "900000000 pixels" in bad[1] and "STAGES_MAX_IMAGE_PIXELS" in bad[1]
 
 
+def test_training_samples_count_a_bomb_as_corrupt_for_skip_corrupt(tmp_path: Path, bomb: Path) -> None:
+    from stages.training.loop import TrainingSamples, collate_samples
+
+    folder = tmp_path / "data"
+    fakes.colour_folder(folder, {"train": 4})
+    source = build_dataset("imagefolder", folder, "train")
+    Path(source.images[1]).write_bytes(bomb.read_bytes())
+    samples = TrainingSamples(source, T.Compose([T.Resize(8), T.ToTensor()]), seed=0)
+    batch = collate_samples([samples[(0, index)] for index in range(4)])
+    assert len(batch["label"]) == 3 and len(batch["corrupt"]) == 1
+    assert batch["corrupt"][0].startswith(f"cannot read image {source.images[1]}: ") and "900000000" in batch["corrupt"][0]
+
+
 def test_the_pixel_cap_is_set_by_the_environment(tmp_path: Path, bomb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     small = fakes.image(tmp_path / "small.png")  # 8 x 8
     monkeypatch.setenv("STAGES_MAX_IMAGE_PIXELS", "63")
