@@ -457,3 +457,17 @@ def test_a_changed_file_list_mode_or_cap_checks_again(tmp_path: Path, monkeypatc
     monkeypatch.setenv("STAGES_CHECK_STAMPS", str(blocker / "stamps"))
     assert check_images_once(shrunk) == []
     assert "cannot keep image-check stamps" in capsys.readouterr().err
+
+
+def test_shard_members_are_stamped_by_their_shards_stat(tmp_path: Path) -> None:
+    from test_data_formats import write_shards
+
+    folder = tmp_path / "webdataset" / "train"
+    write_shards(folder, [3, 2])
+    source = build_dataset("webdataset", tmp_path, "train", shards="{00000..00001}.tar")
+    verdict, opened = _opens(folder, lambda: check_images_once(source))
+    assert verdict == [] and len(opened) == 5  # each member read from its shard
+    assert _opens(folder, lambda: check_images_once(source)) == ([], [])
+    shard = folder / "00001.tar"
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 1_000_000))  # a rewritten shard
+    assert len(_opens(folder, lambda: check_images_once(source))[1]) == 5

@@ -32,6 +32,7 @@ import PIL
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from stages.data.layout import PathList
 from stages.data.source import ImageRef, LabeledImages, UnreadableImage, max_image_pixels, open_image
 from stages.io import atomic_write_json, held_lock
 
@@ -94,15 +95,15 @@ def stamp_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stages" / "checks"
 
 
-def _backing_file(ref: ImageRef) -> Path | None:
+def _backing_file(ref: ImageRef) -> str | None:
     """The file whose stat stands for `ref`: itself, or the shard holding it; None for anything else."""
     if isinstance(ref, (str, Path)):
-        return Path(ref)
+        return str(ref)
     shard = getattr(ref, "shard", None)
-    return Path(shard) if shard is not None else None
+    return str(shard) if shard is not None else None
 
 
-def _file_state(path: Path) -> str:
+def _file_state(path: str) -> str:
     """``size:mtime_ns`` of `path` (``missing`` when absent): what a rewrite, truncation or copy changes."""
     try:
         info = os.stat(path)
@@ -111,24 +112,49 @@ def _file_state(path: Path) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
-def dataset_fingerprint(source: LabeledImages, workers: int | None = None, progress: bool = False) -> str | None:
-    """sha256 of `source`'s file-backed image list, in order, with each file's size and mtime (plus the
-    check's version, the decode cap and PIL's version, which change verdicts); None when an image is
-    backed by no file (nothing to stat)."""
-    refs = [image for image in source.images if not isinstance(image, np.ndarray)]
-    files = [_backing_file(ref) for ref in refs]
-    if any(path is None for path in files):
-        return None
+def _listing(source: LabeledImages) -> tuple[list[int], list[str], list[str]] | None:
+    """``(positions in source.images, names, backing files)`` of the file-backed images; None when one of them
+    is backed by no file. A `PathList` is read as strings: a ``Path`` per image costs about as much as its
+    stat (pathlib parses every one), half a minute for ImageNet's train set."""
+    images = source.images
+    if isinstance(images, PathList):
+        base = str(images.base)
+        names = [os.path.join(base, relative.decode("utf-8", "surrogateescape")) for relative in images.relative_names()]
+        return list(range(len(names))), names, names
+    positions, names, files = [], [], []
+    for position, ref in enumerate(images):
+        if isinstance(ref, np.ndarray):
+            continue
+        backing = _backing_file(ref)
+        if backing is None:
+            return None
+        positions.append(position), names.append(str(ref)), files.append(backing)
+    return positions, names, files
+
+
+def _fingerprint(name: str, names: list[str], files: list[str], workers: int | None, progress: bool) -> str:
     unique = list(dict.fromkeys(files))  # a shard's members share one stat
-    with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 2)) as pool:
-        # stat is one metadata round trip on a network filesystem: overlap them as the header check does.
-        states = dict(zip(unique, tqdm(pool.map(_file_state, unique, chunksize=CHUNK), total=len(unique),
-                                       desc=f"stat {source.name}", unit="file", disable=not progress or not unique)))
+    chunks = [unique[start:start + CHUNK] for start in range(0, len(unique), CHUNK)]
+    states: dict[str, str] = {}
+    # stat is one metadata round trip on a network filesystem: overlap them as the header check does.
+    with ThreadPoolExecutor(max_workers=workers or min(16, (os.cpu_count() or 1) * 2)) as pool, \
+            tqdm(total=len(unique), desc=f"stat {name}", unit="file", disable=not progress or not unique) as bar:
+        for chunk, chunk_states in zip(chunks, pool.map(lambda chunk: [_file_state(path) for path in chunk], chunks)):
+            states.update(zip(chunk, chunk_states))
+            bar.update(len(chunk))
     digest = hashlib.sha256(json.dumps({"version": CHECK_VERSION, "max_pixels": max_image_pixels(),
                                         "pil": PIL.__version__}).encode())
-    for ref, path in zip(refs, files):
-        digest.update(f"{ref}\0{states[path]}\n".encode("utf-8", "surrogateescape"))
+    for image, path in zip(names, files):
+        digest.update(f"{image}\0{states[path]}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def dataset_fingerprint(source: LabeledImages, workers: int | None = None, progress: bool = False) -> str | None:
+    """sha256 of `source`'s file-backed image list, in order, with each file's size and mtime from ``os.stat``
+    (plus the check's version, the decode cap and PIL's version, which change verdicts); None when an
+    image is backed by no file (nothing to stat)."""
+    listing = _listing(source)
+    return None if listing is None else _fingerprint(source.name, listing[1], listing[2], workers, progress)
 
 
 def _stamp_path(directory: Path, source: LabeledImages, fingerprint: str, decode: bool) -> Path:
@@ -136,14 +162,14 @@ def _stamp_path(directory: Path, source: LabeledImages, fingerprint: str, decode
     return directory / f"{name}-{'decode' if decode else 'header'}-{fingerprint[:32]}.json"
 
 
-def _read_stamp(path: Path, fingerprint: str, refs: list[ImageRef]) -> list[tuple[ImageRef, str]] | None:
-    """The stamped verdict as ``(image, reason)`` pairs, or None when `path` is absent or not this version's."""
+def _read_stamp(path: Path, fingerprint: str, count: int) -> list[tuple[int, str]] | None:
+    """The stamped ``(position in source.images, reason)`` pairs, or None when `path` is absent or not this version's."""
     try:
         stamp = json.loads(path.read_text(encoding="utf-8"))
-        if stamp["fingerprint"] != fingerprint or stamp["images"] != len(refs):
+        if stamp["fingerprint"] != fingerprint or stamp["images"] != count:
             return None
-        return [(refs[index], reason) for index, reason in stamp["bad"]]
-    except (OSError, ValueError, KeyError, TypeError, IndexError):  # absent, torn or foreign: check again
+        return [(int(position), str(reason)) for position, reason in stamp["bad"]]
+    except (OSError, ValueError, KeyError, TypeError):  # absent, torn or foreign: check again
         return None
 
 
@@ -157,21 +183,22 @@ def check_images_once(source: LabeledImages, decode: bool = False, workers: int 
     A decode stamp also answers a header check (a decode finds everything a header read finds). Jobs
     that start together on a new version wait for the first one's check (a lock beside the stamp) and
     read its stamp. A stamp folder that cannot be written costs only the reuse: the check still runs."""
-    refs = [image for image in source.images if not isinstance(image, np.ndarray)]
-    fingerprint = dataset_fingerprint(source, workers, progress) if refs else None
-    if fingerprint is None:
+    listing = _listing(source)
+    if listing is None or not listing[0]:
         return check_images(source, decode, workers, progress)
+    positions, names, files = listing
+    fingerprint = _fingerprint(source.name, names, files, workers, progress)
     directory = Path(stamps) if stamps is not None else stamp_dir()
     target = _stamp_path(directory, source, fingerprint, decode)
     candidates = [target] if decode else [target, _stamp_path(directory, source, fingerprint, True)]
 
     def stamped() -> list[tuple[ImageRef, str]] | None:
         for candidate in candidates:
-            verdict = _read_stamp(candidate, fingerprint, refs)
+            verdict = _read_stamp(candidate, fingerprint, len(positions))
             if verdict is not None:
-                print(f"{source.name}: {len(refs)} images unchanged since their check ({candidate}): "
+                print(f"{source.name}: {len(positions)} images unchanged since their check ({candidate}): "
                       f"{len(verdict)} unreadable", file=sys.stderr)
-                return verdict
+                return [(source.images[position], reason) for position, reason in verdict]
         return None
 
     if not recheck and (verdict := stamped()) is not None:
@@ -180,18 +207,19 @@ def check_images_once(source: LabeledImages, decode: bool = False, workers: int 
         try:
             directory.mkdir(parents=True, exist_ok=True)
             held = stack.enter_context(held_lock(target.with_suffix(".lock"),
-                                                 f"checking the {len(refs)} images of {source.name}", STAMP_WAIT_S))
+                                                 f"checking the {len(positions)} images of {source.name}", STAMP_WAIT_S))
         except OSError as error:
             print(f"warning: cannot keep image-check stamps in {directory} ({error}); checking without one "
                   f"(set {STAMP_DIR_ENV} to a writable folder to check each dataset version once)", file=sys.stderr)
             return check_images(source, decode, workers, progress)
-        if held and not recheck and (verdict := stamped()) is not None:  # another job checked this version while this one waited
+        if held and not recheck and (verdict := stamped()) is not None:  # checked by another job meanwhile
             return verdict
         started = time.time()
-        bad = _problems(refs, decode, workers, progress, source.name)
+        refs = [source.images[position] for position in positions]
+        bad = [(positions[index], reason) for index, reason in _problems(refs, decode, workers, progress, source.name)]
         record: dict[str, Any] = {
-            "dataset": source.name, "decode": decode, "fingerprint": fingerprint, "images": len(refs),
-            "bad": [[index, reason] for index, reason in bad], "checked": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dataset": source.name, "decode": decode, "fingerprint": fingerprint, "images": len(positions),
+            "bad": [[position, reason] for position, reason in bad], "checked": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.time() - started, 3), "check_version": CHECK_VERSION,
         }
         try:
@@ -199,4 +227,4 @@ def check_images_once(source: LabeledImages, decode: bool = False, workers: int 
         except OSError as error:
             print(f"warning: cannot write the image-check stamp {target} ({error}); the next job checks again",
                   file=sys.stderr)
-        return [(refs[index], reason) for index, reason in bad]
+        return [(source.images[position], reason) for position, reason in bad]
