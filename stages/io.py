@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: atomic writes and content hashes.
+"""Small file helpers shared by every stage: atomic writes, content hashes, locks and scratch folders.
 
 Every file a stage hands to the next one is written through these helpers, so a killed job
 never leaves a half-written JSON or checkpoint behind (write to a temporary file in the same
@@ -12,11 +12,15 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from filelock import SoftFileLease, Timeout
 
 
 class DiskFullError(OSError):
@@ -128,3 +132,127 @@ def sha256_json(payload: Any) -> str:
     """Hex sha256 of the canonical JSON form of `payload` (sorted keys, no spaces, UTF-8)."""
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- Locks and scratch folders on shared filesystems ------------------------------------------------------
+# fcntl/flock locks are not honoured by every network filesystem (some NFS setups, Lustre without
+# flock, many FUSE mounts), so cross-job locks are filelock's soft leases: a marker file created with
+# O_EXCL (atomic on those filesystems too) that its holder refreshes from a heartbeat thread. A holder
+# that dies is detected by its peers: at once on its own host (its pid is gone), and after
+# LEASE_SECONDS without a refresh from any other host.
+
+LEASE_SECONDS = 60.0
+"""How long a lock's marker may go unrefreshed (its holder refreshes it every third of that) before another
+host treats the holder as gone and takes the lock over."""
+
+STALE_SCRATCH_SECONDS = 3 * LEASE_SECONDS
+"""Age of an unrefreshed owner marker after which `scratch_dir` removes another process's scratch folder."""
+
+LEGACY_SCRATCH_SECONDS = 24 * 3600.0
+"""Scratch folders with no owner marker (written before markers existed) are removed after this age."""
+
+OWNER_MARKER = ".owner.lock"
+
+
+def lease_lock(lock_file: Path) -> SoftFileLease:
+    """A `filelock.SoftFileLease` on `lock_file` (see the comment above), its folder created."""
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    return SoftFileLease(str(lock_file), lease_duration=LEASE_SECONDS)
+
+
+def lock_holder(lock: SoftFileLease) -> str:
+    """``pid P on host H`` of the process a lease's marker names, or a placeholder when it names none."""
+    owner = getattr(lock, "owner", None)
+    return f"pid {owner.pid} on host {owner.hostname}" if owner is not None else "a process that recorded no pid"
+
+
+@contextmanager
+def held_lock(lock_file: Path, what: str, wait_limit_s: float, notify_every_s: float = 300.0) -> Iterator[bool]:
+    """Hold the lease on `lock_file` for the block; yield True when held, False when it stayed taken for
+    `wait_limit_s` (the caller then goes on without what the lock guards, and says so).
+
+    While waiting it prints one line at first and every `notify_every_s`, naming the lock file, its holder
+    and `what` the holder is doing, so a user who finds a job waiting knows which file and process to look at."""
+    lock = lease_lock(lock_file)
+    started = time.monotonic()
+    last_note: list[float] = []
+
+    def note() -> bool:  # filelock's cancel_check: called between attempts; never cancels
+        now = time.monotonic()
+        if not last_note or now - last_note[-1] >= notify_every_s:
+            last_note.append(now)
+            print(f"waiting for {lock_file} (held by {lock_holder(lock)}: {what}) for {now - started:.0f} s; "
+                  f"a holder that is gone is taken over after {LEASE_SECONDS:.0f} s", flush=True)
+        return False
+
+    try:
+        lock.acquire(timeout=wait_limit_s, cancel_check=note)
+    except Timeout:
+        held = False
+        print(f"warning: {lock_file} stayed held by {lock_holder(lock)} ({what}) for {wait_limit_s:.0f} s; going on "
+              f"without it. If that process is gone and the file stays, delete {lock_file}", flush=True)
+    else:
+        held = True
+    if not held:
+        yield False  # outside the except clause: an error in the caller's block is not chained to the Timeout
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def _scratch_owner_gone(folder: Path) -> bool:
+    """Whether the process that made scratch folder `folder` is gone (its folder is then only a leftover)."""
+    marker = folder / OWNER_MARKER
+    try:
+        age = time.time() - marker.stat().st_mtime
+    except FileNotFoundError:  # no marker: written by older code, or a folder whose marker is being created
+        try:
+            return time.time() - folder.stat().st_mtime > LEGACY_SCRATCH_SECONDS
+        except FileNotFoundError:
+            return False  # removed meanwhile by another sweeper
+    if age > STALE_SCRATCH_SECONDS:  # no refresh for three lease periods: gone, on whatever host it ran
+        return True
+    lock = SoftFileLease(str(marker), lease_duration=LEASE_SECONDS)  # not lease_lock: never recreate the folder
+    try:  # one attempt: succeeds at once when the holder ran on this host and its pid is gone
+        lock.acquire(blocking=False)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def remove_dead_scratch(parent: Path, prefix: str) -> list[Path]:
+    """Remove the scratch folders ``<parent>/<prefix>*`` of processes that are gone; return those removed."""
+    removed = []
+    for folder in sorted(Path(parent).glob(f"{prefix}*")):
+        if folder.is_dir() and _scratch_owner_gone(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@contextmanager
+def scratch_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A private temporary folder ``<parent>/<prefix><host>-<pid>-<random>`` for the block, removed after it.
+
+    Unlike ``tempfile.TemporaryDirectory``, a process killed with its folder in place (SIGKILL, a lost node)
+    does not leave it forever: the folder holds an owner lease (`OWNER_MARKER`), and every `scratch_dir` of
+    the same `parent` and `prefix` removes, before and after its block, the folders whose owner is gone
+    (`remove_dead_scratch`; after the block, since a holder on another host is only known gone once its
+    marker has gone unrefreshed for `STALE_SCRATCH_SECONDS`)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for folder in remove_dead_scratch(parent, prefix):
+        print(f"removed {folder}: scratch files of a process that is gone")
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=parent))
+    owner = lease_lock(folder / OWNER_MARKER)
+    owner.acquire()
+    try:
+        yield folder
+    finally:
+        owner.release()
+        shutil.rmtree(folder, ignore_errors=True)
+        for leftover in remove_dead_scratch(parent, prefix):
+            print(f"removed {leftover}: scratch files of a process that is gone")

@@ -47,11 +47,13 @@ import torch
 from pydantic import ValidationError
 
 from stages.config import ConfigError, ModelConfig, TrainConfig, validation_message
-from stages.io import atomic_torch_save, atomic_write_json
+from stages.io import LEASE_SECONDS, atomic_torch_save, atomic_write_json, lease_lock, lock_holder
 from stages.methods import method_spec
 from stages.strict import Strict
 
 if TYPE_CHECKING:
+    from filelock import SoftFileLease
+
     from stages.models.factory import LoadedModel
 
 # The slots of a run directory, in path order; the workflow's wildcards carry the same names.
@@ -60,11 +62,6 @@ PATTERN = "/".join(f"{{{slot}}}" for slot in SLOTS)
 """The run directory under ``<results>/runs`` as a snakemake wildcard pattern."""
 BEST = "best.pt"
 """The result's weights file (in the run dir), the default checkpoint of evaluation and export."""
-
-
-WRITER_LEASE_S = 120.0
-"""Seconds after which a writer lock whose holder stopped refreshing it (host lost) may be taken over;
-a holder on this host that died is detected at once. The holder refreshes it every third of that."""
 
 
 class RunLocked(ConfigError):
@@ -231,26 +228,23 @@ class RunDir:
     def writer(self, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the run's writer lock for the block: one process trains a run directory at a time.
 
-        A lease marker (filelock's ``SoftFileLease``: an exclusive create, which network
-        filesystems honour, refreshed by a heartbeat thread), so it works where ``fcntl`` locks do
-        not; released on any exit of the block, taken over at once when its holder on this host is
-        dead, and after `WRITER_LEASE_S` of silence when the holder's host is gone. A second writer
-        waits up to `wait_s` seconds, then `RunLocked` names the holder. Leftovers of a dead writer
-        (temporary files of an interrupted atomic write) are removed once the lock is held.
+        A lease marker (`stages.io.lease_lock`: an exclusive create, which network filesystems
+        honour, refreshed by a heartbeat thread), so it works where ``fcntl`` locks do not; released
+        on any exit of the block, taken over at once when its holder on this host is dead, and after
+        ``LEASE_SECONDS`` of silence when the holder's host is gone. A second writer waits up to
+        `wait_s` seconds, then `RunLocked` names the holder. Leftovers of a dead writer (temporary
+        files of an interrupted atomic write) are removed once the lock is held.
         """
-        from filelock import SoftFileLease, Timeout
+        from filelock import Timeout
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        lease = SoftFileLease(self.lock_path, lease_duration=WRITER_LEASE_S)
+        lease = lease_lock(self.lock_path)
         try:
             lease.acquire(timeout=wait_s, poll_interval=min(1.0, max(wait_s, 0.05)))
         except Timeout:
-            raise RunLocked(f"{self.path} is being trained by {self._holder()}: one writer per run. Wait for it to "
-                            f"finish, or stop it; if it is gone, its lock ({self.lock_path}) expires within "
-                            f"{WRITER_LEASE_S:.0f} s") from None
+            raise RunLocked(f"{self.path} is being trained by {self._holder(lease)}: one writer per run. Wait for it "
+                            f"to finish, or stop it; if it is gone, its lock ({self.lock_path}) expires within "
+                            f"{LEASE_SECONDS:.0f} s") from None
         try:
-            from stages.io import atomic_write_json
-
             atomic_write_json(self.writer_path, {"host": socket.gethostname(), "pid": os.getpid(),
                                                  "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -260,18 +254,12 @@ class RunDir:
             self.writer_path.unlink(missing_ok=True)
             lease.release()
 
-    def _holder(self) -> str:
+    def _holder(self, lease: SoftFileLease) -> str:
         """The lock holder in words, from .writer.json (or the lock's own record)."""
         try:
             holder = json.loads(self.writer_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            from filelock._soft import parse_marker, read_lock_file
-
-            try:
-                record = parse_marker(read_lock_file(str(self.lock_path))[0])
-            except OSError:
-                record = None
-            return "another process" if record is None else f"pid {record.pid} on {record.hostname}"
+            return lock_holder(lease)
         job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
         return f"pid {holder['pid']} on {holder['host']}{job}, since {holder['since']}"
 

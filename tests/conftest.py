@@ -41,6 +41,12 @@ def _deterministic_threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_check_stamps(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image-check stamps (stages.data.check) of each test in a folder of its own, never the user's cache."""
+    monkeypatch.setenv("STAGES_CHECK_STAMPS", str(tmp_path_factory.mktemp("check-stamps")))
+
+
 @functools.cache
 def test_bank() -> Path:
     """A bank file whose background concept is TEST_DESCRIPTORS (written once per test session)."""

@@ -2,7 +2,8 @@
 
 - ``check --dataset NAME --data-root R [--split S] [--decode]`` lists every unreadable image of a
   split (a fast parallel header check; ``--decode`` decodes every pixel, which also finds truncated
-  files); each printed as ``bad: PATH: REASON``.
+  files); each printed as ``bad: PATH: REASON``. It always reads every file, and stamps the verdict
+  (``stages.data.check.check_images_once``), so training jobs on the same unchanged files skip theirs.
 - ``prepare --dataset NAME --data-root R [--from DIR] [--mirror URL]`` (or ``--all --config Y``)
   downloads, checks and arranges a benchmark from its official release (stages/data/prepare.py).
 - ``verify --dataset NAME --data-root R [--decode]`` (or ``--all --config Y``) compares what is on
@@ -66,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from stages.data.check import check_images
+    from stages.data.check import check_images_once
     from stages.data.source import build_dataset
 
     source = build_dataset(args.dataset, args.data_root, args.split)
-    bad = check_images(source, decode=args.decode, workers=args.workers, progress=True)
+    bad = check_images_once(source, decode=args.decode, workers=args.workers, progress=True, recheck=True)
     for path, reason in bad:
         print(f"bad: {path}: {reason}")
     kind = "decoded" if args.decode else "header-checked"

@@ -40,7 +40,7 @@ def fmnist_demo(root: Path, split: str) -> LabeledImages:
         raise DatasetError(f"fmnist-demo has splits {', '.join(SPLITS)}, not {split!r}")
     if not path.is_file():
         raise DatasetError(f"{path} is missing: build the demo data with `python -m stages.demo data --data-root {root}` (or `make demo`)")
-    with np.load(path) as arrays:
+    with np.load(path, allow_pickle=False) as arrays:
         if "objects" not in arrays:
             raise DatasetError(f"{path} was built by an older demo (no object ids): delete "
                                f"{path.parent} and rebuild it (`make demo` does)")

@@ -14,7 +14,9 @@ Importing ``stages.data`` (and so this module) imports every adapter, which regi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -36,6 +38,74 @@ _LAYOUTS: dict[str, Layout] = {}
 
 class DatasetError(RuntimeError):
     """A dataset root, split, metadata file or image that cannot be used; the message says the fix."""
+
+
+class UnreadableImage(DatasetError):
+    """One image file that cannot be used: ``cannot read image <ref>: <reason>`` (`check_images` lists the reason)."""
+
+    def __init__(self, ref: Any, reason: str) -> None:
+        super().__init__(f"cannot read image {ref}: {reason}")
+        self.ref, self.reason = ref, reason
+
+
+MAX_IMAGE_PIXELS = 89_478_485
+"""Decoded pixels (width x height) above which an image file is refused at its header, before any pixel is
+decoded: PIL's own default warning threshold (2**30 / 4 / 3, a 268 MB RGB decode, e.g. 9459 x 9459),
+far above any benchmark photo here. A decompression bomb (a 30,000 x 30,000 PNG is 2.7 MB on disk and
+2.7 GB decoded, in every data-loader worker at once) is then one unreadable file, not a crash.
+Raise it with the environment variable `MAX_IMAGE_PIXELS_ENV`."""
+
+MAX_IMAGE_PIXELS_ENV = "STAGES_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The decode cap: ``$STAGES_MAX_IMAGE_PIXELS`` when set (an integer, ``1e9`` allowed), else `MAX_IMAGE_PIXELS`.
+
+    Read at every call, not at import: data-loader workers and tests see the environment as it is."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = 0.0
+    if not 1 <= limit < float("inf") or limit != int(limit):
+        raise DatasetError(f"{MAX_IMAGE_PIXELS_ENV}={raw!r} is not a positive whole number of pixels "
+                           f"(e.g. {MAX_IMAGE_PIXELS_ENV}=400000000); unset it for the default {MAX_IMAGE_PIXELS:,}")
+    return int(limit)
+
+
+def _too_large(pixels: str, limit: int) -> str:
+    """Why an image over the decode cap is refused, and the two fixes."""
+    return (f"{pixels}, over the decode limit of {limit:,} pixels (a decompression bomb, or an image far larger "
+            f"than training needs); nothing was decoded. Replace it with a smaller copy, or raise the limit with "
+            f"the environment variable {MAX_IMAGE_PIXELS_ENV}")
+
+
+@contextmanager
+def open_image(ref: Any) -> Iterator[Image.Image]:
+    """``Image.open`` of a path or of an object with ``open()`` (a shard member), its header checked against
+    `max_image_pixels` before the caller decodes anything: over it, `UnreadableImage` naming the file, its
+    size, the limit and the fix.
+
+    PIL's own check (process-wide ``Image.MAX_IMAGE_PIXELS``: a warning above it, DecompressionBombError
+    above twice it) would refuse a raised cap first, so it is lifted to the cap when lower. Its warning is
+    not turned into an error: ``warnings.catch_warnings`` is not thread-safe (`check_images` opens files
+    from a thread pool) and is not needed, since anything PIL warns about is over the cap and refused here."""
+    limit = max_image_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with Image.open(ref if isinstance(ref, (str, Path)) else ref.open()) as image:
+            if image.width * image.height > limit:
+                size = f"{image.width} x {image.height} = {image.width * image.height:,} pixels"
+                raise UnreadableImage(ref, _too_large(size, limit))
+            yield image
+    # PIL's own check at open (over twice its limit) or at a later frame; its warning arrives as an exception
+    # where warnings are errors (python -W error).
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        size = str(error).split(" exceeds")[0]  # PIL's "Image size (N pixels) exceeds limit of ..."
+        raise UnreadableImage(ref, _too_large(size, limit)) from error
 
 
 @dataclass
@@ -101,17 +171,17 @@ def build_dataset(name: str, root: Path | None, split: str, **options: Any) -> L
 
 
 def load_image(ref: ImageRef) -> Image.Image:
-    """Open one image as RGB; a missing or corrupt file fails with its path (never skipped).
+    """Open one image as RGB; a missing, corrupt or over-large (`max_image_pixels`) file fails with its path.
 
     Besides a path or an array, `ref` may be any object with an ``open()`` method returning a
     binary file (e.g. ``stages.data.formats.TarMember``, an image inside a tar shard)."""
     if isinstance(ref, np.ndarray):
         return Image.fromarray(ref).convert("RGB")
     try:
-        with Image.open(ref if isinstance(ref, (str, Path)) else ref.open()) as image:
+        with open_image(ref) as image:
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError) as error:
-        raise DatasetError(f"cannot read image {ref}: {error}. Re-extract or replace this file") from error
+        raise UnreadableImage(ref, f"{error}. Re-extract or replace this file") from error
 
 
 class ImageDataset:

@@ -13,20 +13,25 @@ makes from the PIL crop, so cached and uncached evaluations give identical predi
 The file name is a hash of the image list (base folder and relative paths) and of the PIL
 transforms' repr (sizes, interpolation), so ViT-B-16 and ViT-L-14 with the same 224 px
 bicubic preprocessing share one file, and anything else gets its own. Concurrent jobs (a SLURM
-array of α values) serialise on a lock file: one builds, the others wait and then read.
+array of α values) serialise on a lock file beside it (`lock_file`, a filelock soft lease, which network
+filesystems honour where ``flock`` is not: see ``stages.io``): one builds, the others wait and then
+read. A waiter whose lock stays held for `WAIT_LIMIT_S` (a holder alive but stuck) evaluates without
+the cache, with the same results. A build writes ``<file>.<host>-<pid>.tmp`` and renames it into
+place; the temporary file of a build that was killed (7.5 GB for ImageNet val) is removed by the
+next lock holder, since the lock admits one builder at a time and that builder is then itself.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
@@ -36,6 +41,10 @@ from tqdm import tqdm
 
 from stages.data.layout import PathList
 from stages.data.source import DatasetError, ImageDataset, LabeledImages, load_image
+from stages.io import held_lock
+
+WAIT_LIMIT_S = 4 * 3600.0
+"""Longest wait for another job's build of a cache file (ImageNet val: minutes to an hour on a few cores)."""
 
 
 def split_at_to_tensor(preprocess: Callable[[Image.Image], torch.Tensor]) -> tuple[T.Compose, T.Compose] | None:
@@ -83,18 +92,32 @@ class _Crops(Dataset):
         return np.asarray(self.pil_part(load_image(self.source.images[index])), dtype=np.uint8)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-        yield
+def lock_file(path: Path) -> Path:
+    """The lock of cache file `path`: ``<file>.lock`` (``<name>.lock``, without ``.npy``, was the flock of older
+    code; it is empty, and a soft lease would take it for a holder that recorded no pid)."""
+    return path.with_name(f"{path.name}.lock")
+
+
+def _temporary(path: Path) -> Path:
+    """This process's temporary file for building `path` (host and pid say whose it is to a reader)."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Delete the temporary files of earlier builds of `path`; call only while holding its lock (which
+    admits one builder at a time, so every such file belongs to a build that is gone)."""
+    # ".tmp<pid>" is the name builds used before host names were added.
+    leftovers = sorted({*path.parent.glob(f"{path.name}.*.tmp"), *path.parent.glob(f"{path.name}.tmp*")})
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+        print(f"removed {leftover}: the temporary file of a crop-cache build that did not finish")
+    return leftovers
 
 
 def _build(path: Path, source: LabeledImages, pil_part: T.Compose, workers: int) -> None:
     """Decode every image once into a temporary ``.npy``, then rename it into place (atomic)."""
     loader = DataLoader(_Crops(source, pil_part), batch_size=64, num_workers=workers, collate_fn=list)
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    temporary = _temporary(path)
     array: np.ndarray | None = None
     position = 0
     try:
@@ -141,10 +164,16 @@ def evaluation_images(
         return ImageDataset(source, preprocess)
     pil_part, tensor_part = parts
     path = cache_file(cache_dir, source, pil_part)
-    with _locked(path.with_suffix(".lock")):
+    with held_lock(lock_file(path), f"building {path.name}", WAIT_LIMIT_S) as held:
+        if not held:  # the message said which lock and holder; decoding gives the same predictions
+            return ImageDataset(source, preprocess)
+        remove_leftovers(path)
+        legacy = path.with_suffix(".lock")  # the empty flock file of older code (a soft lease would wait on it)
+        if legacy.is_file() and legacy.stat().st_size == 0:
+            legacy.unlink(missing_ok=True)
         if not path.is_file():
             _build(path, source, pil_part, workers)
-    crops = np.load(path, mmap_mode="r")
+    crops = np.load(path, mmap_mode="r", allow_pickle=False)
     if len(crops) != len(source):
         raise DatasetError(f"{path} holds {len(crops)} crops for {len(source)} images; delete it to rebuild")
     return CachedImages(source, crops, tensor_part)

@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,10 +49,14 @@ from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, p
 from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.heads import HeadCache, text_head
-from stages.io import atomic_write_json, sha256_file
+from stages.io import atomic_write_json, scratch_dir, sha256_file
 from stages.models.factory import ClipBundle, LoadedModel, ModelLoadError, create_clip
 from stages.models.wise import interpolate_state_dicts
 from stages.rundir import BEST, RunDir
+
+
+CROPS_PREFIX = ".crops-"
+"""Name prefix of the temporary crop caches inside a run's eval folder (ImageNet val: about 7.5 GB each)."""
 
 
 class EvaluationError(RuntimeError):
@@ -259,7 +262,8 @@ def evaluate_requests(
         print(f"{name}: kept {targets[name]} (same checkpoint and alpha)")
     alphas = sorted({alpha for _, alpha in pending.values()}, key=lambda alpha: (alpha is not None, alpha or 0.0))
     sources: dict[str, LabeledImages] = {}
-    with tempfile.TemporaryDirectory(prefix=".crops-", dir=eval_dir) if image_cache is None and len(alphas) > 1 \
+    # A private crop cache for this process's alphas; one left by a killed evaluation is removed (scratch_dir).
+    with scratch_dir(eval_dir, CROPS_PREFIX) if image_cache is None and len(alphas) > 1 \
             else contextlib.nullcontext(image_cache) as crops:
         for alpha in alphas:
             loaded = model_at(alpha)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
 from stages.config import ConfigError, TrainConfig, without_execution
-from stages.data.check import check_images
+from stages.data.check import check_images_once
 from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset, load_image
 from stages.io import atomic_write_text
 from stages.methods import Method, MethodContext, Progress, build_method
@@ -398,7 +398,7 @@ def _finished(run_dir: RunDir, config: TrainConfig, force: bool) -> bool:
 
 def _check_train_images(source: LabeledImages, config: TrainConfig) -> None:
     """The pre-training image check (data.check); unreadable files stop the run unless data.skip_corrupt."""
-    bad = check_images(source, decode=config.data.check == "decode")
+    bad = check_images_once(source, decode=config.data.check == "decode")  # once per dataset version
     if not bad:
         return
     listing = f"{len(bad)} unreadable training image(s), e.g. {bad[0][0]} ({bad[0][1]})"
