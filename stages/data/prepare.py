@@ -29,7 +29,6 @@ even the manual files are fetched from it. Errors are one ``DatasetError`` namin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -42,15 +41,13 @@ from urllib.parse import urlsplit
 
 from stages.data.routes import PrepareRoute, RemoteFile, prepare_routes
 from stages.data.source import DatasetError, dataset_layouts
-from stages.io import atomic_write_json
+from stages.io import atomic_write_json, file_digest
 
 if TYPE_CHECKING:
     from stages.data.verify import DatasetReport
 
 DOWNLOADS = ".downloads"
 MIRROR_ENV = "STAGES_DATA_MIRROR"
-CHUNK_BYTES = 1 << 20
-"""Bytes per read when hashing."""
 STREAM_BYTES = 1 << 16
 """Bytes per network read: a dropped connection loses at most this much of what arrived."""
 ATTEMPTS = 5
@@ -82,15 +79,6 @@ def mirror_url(url: str, name: str, mirror: str | None) -> str:
     if not path.endswith("/" + name):
         path = "/" + name
     return mirror.rstrip("/") + path
-
-
-def file_digest(path: Path, algorithm: str, header: bytes = b"") -> str:
-    """Hex digest (hashlib's `algorithm`) of `header` followed by a file's bytes, read in chunks."""
-    digest = hashlib.new(algorithm, header)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:
