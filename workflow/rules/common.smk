@@ -84,7 +84,9 @@ def train_resources() -> dict:
     # jobstep's snakemake included, which has no handler for it and dies): SIGTERM, which snakemake
     # takes as "finish the running job", the trainer as "checkpoint and exit 75" (docs/workflow.md,
     # "Interrupted training jobs"). The executor ignores slurm_extra outside SLURM.
-    signal = {"slurm_extra": f"--signal=TERM@{train.signal_lead_s}"} if train.signal_lead_s else {}
+    # --open-mode=append: the job's SLURM log keeps every instance of a requeued job, not only the last.
+    warning = f" --signal=TERM@{train.signal_lead_s}" if train.signal_lead_s else ""
+    signal = {"slurm_extra": f"--open-mode=append{warning}"}
     if train.nodes == 1:
         return {"gpu": train.gpu, **signal}
     # `mpi: srun` makes the jobstep plugin run the command in the batch step, where srun starts the ranks.
