@@ -335,7 +335,7 @@ def meta_parameters(name: str) -> ParameterCount:
     import stages.models.factory  # noqa: F401  (registers the shipped tiny configs)
 
     with torch.device("meta"):
-        model = open_clip.create_model(name, pretrained=None)
+        model = open_clip.create_model(name, pretrained=None, device="meta")
     state = model.state_dict()
     return ParameterCount(total=sum(value.numel() for value in state.values() if value.is_floating_point()),
                           visual=sum(value.numel() for key, value in state.items()
