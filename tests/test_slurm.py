@@ -389,7 +389,7 @@ def test_interrupted_training_job_requeues_itself(slurm: Slurm, demo: Demo, tmp_
         # The job's id, then its trainer's first logged step (its stop handlers are installed by then).
         deadline = time.monotonic() + 240
         job = None
-        while job is None or not (run_dir / "train_log.jsonl").is_file():
+        while job is None or not (run_dir / "train_log.jsonl").is_file() or not (run_dir / "train_log.jsonl").stat().st_size:
             assert workflow.poll() is None and time.monotonic() < deadline, output.read_text()[-6000:]
             found = re.search(r"submitted with SLURM jobid (\d+)", output.read_text())
             job = found[1] if found else None
@@ -444,7 +444,8 @@ def test_interrupted_training_job_requeues_itself(slurm: Slurm, demo: Demo, tmp_
     direct = tmp_path / "direct"
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "stages.training", "--config", str(run_dir / "train.yaml"),
-                           "--out", str(direct), "--set", "device=cpu", "--set", "data.workers=0"], cwd=REPO, env=env,
+                           "--out", str(direct), "--set", "device=cpu", "--set", "data.workers=0", "--set",
+                           f"data.data_root={demo.config['data_root']}"], cwd=REPO, env=env,
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
     interrupted, uninterrupted = (torch.load(path / "best.pt", weights_only=True)["state_dict"]
