@@ -463,7 +463,7 @@ LR = 1e-5
 def _srun_train_config(tmp_path: Path) -> Path:
     """A tiny StarFT run (2 steps of a global batch of 8, Star term on) as a training config file."""
     config = tiny_config("starft", spurious__decay="step", optim__epochs=1, optim__lr=LR, checkpoint_every=100,
-                         log_every=1).model_dump(mode="json")
+                         log_every=1, keep_checkpoints=True).model_dump(mode="json")  # the test reads ckpt/last.pt
     config["spurious"]["bank"] = str(REPO / "descriptor_banks" / "official-code.json")
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))

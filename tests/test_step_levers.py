@@ -73,7 +73,7 @@ def test_star_term_is_finite_under_fp16_autocast() -> None:
 
 def test_fp16_trains_through_the_gradient_scaler_and_checkpoints_it(tmp_path: Path) -> None:
     """precision fp16 (CPU autocast, torch.amp.GradScaler("cpu")), with grad_checkpointing on in the loop."""
-    config = tiny_config("starft", precision="fp16", grad_checkpointing=True,
+    config = tiny_config("starft", precision="fp16", grad_checkpointing=True, keep_checkpoints=True,
                          spurious__bank=str(REPO / "descriptor_banks" / "official-code.json"))
     init = {key: value.clone() for key, value in create_clip("TinyCLIP-test", None).model.state_dict().items()}
     train(config, tmp_path / "run")
