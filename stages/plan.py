@@ -6,9 +6,9 @@ plans are exactly the files a report reads:
 - a table's runs are its grid (``table_runs``: one ``TrainConfig`` per arch, train set, method,
   variant, bank, concept, λ and seed); a run dir is ``RunDir.of`` (stages/rundir.py); a method
   that does not train (zero-shot) is evaluated, never trained;
-- its metrics are ``<run dir>/eval/<benchmark>.json`` and, for WiSE-FT,
-  ``<run dir>/eval/<benchmark>@alpha<α>.json``, all written by one evaluation job per run, which
-  also writes ``<run dir>/eval/index.json`` (the job's declared output);
+- its metrics are one file per `EvalRequest` (benchmark, WiSE-FT α) of the run (``RunDir.metrics``),
+  all written by one evaluation job per run, which also writes the run's evaluation index
+  (``RunDir.eval_index``, the job's declared output);
 - a table cell is (row, seed, run, α) and reads one metrics file per column.
 """
 
@@ -41,9 +41,9 @@ from stages.config import (
 from stages.data.source import DatasetError, available_datasets, dataset_layouts
 from stages.strict import Strict
 from stages.descriptors.bank import BankError, load_bank
-from stages.evaluation.benchmarks import BENCHMARKS, request_name
+from stages.evaluation.benchmarks import BENCHMARKS
 from stages.methods import method_spec
-from stages.rundir import RunDir, run_slots, uses_bank
+from stages.rundir import EvalRequest, RunDir, run_slots, uses_bank
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -62,9 +62,13 @@ class Cell:
         """The run directory of this cell's run."""
         return RunDir.of(self.run, results)
 
+    def request(self, benchmark: str) -> EvalRequest:
+        """This cell's evaluation of `benchmark` (at its α)."""
+        return EvalRequest(benchmark, self.alpha)
+
     def eval_path(self, results: Path, benchmark: str) -> Path:
         """The metrics JSON of this cell on `benchmark`."""
-        return self.run_dir(results).metrics(request_name(benchmark, self.alpha))
+        return self.run_dir(results).metrics(self.request(benchmark))
 
 
 # --- the grid -------------------------------------------------------------------------------
@@ -155,25 +159,30 @@ def table_cells(config: WorkflowConfig, number: int) -> list[Cell]:
     return cells
 
 
+def table_requests(config: WorkflowConfig, number: int) -> list[tuple[RunDir, EvalRequest]]:
+    """(run dir, request) of every metrics file table `number` is built from (unique, in table order)."""
+    columns = config.tables[number].columns
+    pairs = {(cell.run_dir(config.results), cell.request(column.benchmark)): None
+             for cell in table_cells(config, number) for column in columns if fills(column, cell)}
+    return list(pairs)
+
+
 def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
     """The metrics files table `number` is built from (sorted, unique)."""
-    columns = config.tables[number].columns
-    paths = {cell.eval_path(config.results, column.benchmark) for cell in table_cells(config, number)
-             for column in columns if fills(column, cell)}
-    return sorted(paths)
+    return sorted({run_dir.metrics(request) for run_dir, request in table_requests(config, number)})
 
 
 def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
     """The evaluation indexes of the runs table `number` reads (what the report rule waits for)."""
-    return sorted({RunDir(path.parent.parent).eval_index for path in table_inputs(config, number)})
+    return sorted({run_dir.eval_index for run_dir, _ in table_requests(config, number)})
 
 
 def eval_requests(config: WorkflowConfig) -> dict[str, list[str]]:
-    """Run dir -> every ``<benchmark>[@alpha<α>]`` any table reads of it (sorted): one job evaluates them all."""
+    """Run dir -> every request (``<benchmark>[@alpha<α>]``) any table reads of it, sorted: one job evaluates them all."""
     requests: dict[str, set[str]] = {}
     for number in config.tables:
-        for path in table_inputs(config, number):
-            requests.setdefault(str(path.parent.parent), set()).add(path.stem)
+        for run_dir, request in table_requests(config, number):
+            requests.setdefault(str(run_dir.path), set()).add(str(request))
     return {run_dir: sorted(names) for run_dir, names in requests.items()}
 
 

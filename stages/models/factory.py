@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from stages.data.transforms import eval_transform, train_transform
+from stages.errors import PipelineError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 NO_WEIGHTS = ("", "none", "random")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PipelineError, RuntimeError):
     """The requested weights could not be found or loaded."""
 
 

@@ -16,11 +16,12 @@ import os
 import uuid
 from typing import Any
 
+from stages.errors import PipelineError
 from stages.io import atomic_write_text
 from stages.rundir import RunDir
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PipelineError, RuntimeError):
     """A requested tracker that cannot be started (e.g. wandb not installed)."""
 
 
@@ -73,8 +74,6 @@ def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
     else:
         run_id = uuid.uuid4().hex[:8]
         atomic_write_text(id_file, run_id + "\n")
-    # Run name: the slots under results/runs/ (arch/train set/method/.../seed), joined.
-    parts = run_dir.path.resolve().parts
-    name = "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else run_dir.path.name
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "stages"), name=name, id=run_id, resume="allow",
+    # Run name: the run's slots (arch/train set/method/.../seed), joined.
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "stages"), name=run_dir.name, id=run_id, resume="allow",
                       dir=str(run_dir.path), config=config)
