@@ -202,6 +202,27 @@ def run_yaml(run: TrainConfig) -> str:
     return yaml.safe_dump(without_execution(run.model_dump(mode="json")), sort_keys=False)
 
 
+WORKFLOW_EXECUTION = ("workers", "eval_batch_size", "eval_image_cache", "resources")
+"""Workflow settings that change how jobs run, not a number: with the runs' EXECUTION_FIELDS, kept out of what
+the report rules record (`report_config`)."""
+
+
+def report_config(config: WorkflowConfig) -> dict[str, Any]:
+    """The validated config as ``stages.reports`` reads it (``workflow_config.yaml``), without the settings that
+    change no table or figure: the runs' EXECUTION_FIELDS (tracking, log_every, grad_checkpointing, ...;
+    ``data.*`` ones per train set) and WORKFLOW_EXECUTION. A change in those rebuilds no report.
+
+    ``data_root`` stays: Grad-CAM figures read the benchmark's images under it.
+    """
+    dumped = config.model_dump(mode="json")
+    data_fields = {dotted.split(".", 1)[1] for dotted in EXECUTION_FIELDS if dotted.startswith("data.")}
+    neutral = {dotted for dotted in EXECUTION_FIELDS if "." not in dotted} | set(WORKFLOW_EXECUTION)
+    kept = {key: value for key, value in dumped.items() if key not in neutral}
+    kept["train_sets"] = {name: {key: value for key, value in spec.items() if key not in data_fields}
+                          for name, spec in dumped["train_sets"].items()}
+    return kept
+
+
 def execution_overrides(run: TrainConfig) -> list[str]:
     """``key=value`` pairs (``--set`` of ``python -m stages.training``) of the run's execution settings."""
     dumped = run.model_dump(mode="json")

@@ -144,7 +144,7 @@ def test_junk_weights_are_one_line_naming_file_and_formats(tmp_path: Path, junk:
         assert "\n" not in message and "weights_only=False" not in message
         assert message.startswith(f"{tmp_path / name} is not a readable checkpoint, state dict or safetensors file (")
         assert message.endswith("accepted: a PyTorch state dict or checkpoint saved with torch.save (.pt/.pth/.bin; "
-                                "a dict of tensors, or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
+                                "a dict of tensors, or {'state_dict': ...} like a run's weights file), or a .safetensors file")
 
 
 def test_corrupt_best_checkpoint_is_one_line(tmp_path: Path) -> None:

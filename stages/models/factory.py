@@ -61,7 +61,7 @@ class ClipBundle:
 
 
 ACCEPTED_WEIGHTS = ("a PyTorch state dict or checkpoint saved with torch.save (.pt/.pth/.bin; a dict of tensors, "
-                    "or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
+                    "or {'state_dict': ...} like a run's weights file), or a .safetensors file")
 
 
 @dataclass
