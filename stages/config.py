@@ -440,14 +440,30 @@ class RuleResources(Strict):
     mem_mb: int = Field(4000, ge=1)
     runtime: int = Field(60, ge=1, description="minutes")
     threads: int = Field(1, ge=1)
+    signal_lead_s: int = Field(300, ge=0, description="train only, SLURM: seconds before the time limit at which "
+                               "the job's trainer gets SIGTERM (sbatch --signal=TERM@<this>): it checkpoints, exits "
+                               "75 and the job requeues itself; 0: no early signal (SLURM's own SIGTERM at the limit "
+                               "leaves KillWait, 30 s by default, to write the checkpoint)")
 
 
 class ResourcesSpec(Strict):
-    """Per-rule resources and the retry count of the GPU rules."""
+    """Per-rule resources and the retry count of the GPU rules (real failures only: an interrupted
+    training job requeues itself on SLURM without spending one)."""
 
     train: RuleResources = RuleResources(gpu=1, mem_mb=64000, runtime=1440, threads=8)
     evaluate: RuleResources = RuleResources(gpu=1, mem_mb=32000, runtime=120, threads=8)
     retries: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _lead_within_runtime(self) -> ResourcesSpec:
+        # A lead at or past the time limit would signal the trainer as soon as it starts: every
+        # attempt would train one step and requeue.
+        train = self.train
+        if train.signal_lead_s >= train.runtime * 60:
+            raise ValueError(f"train.signal_lead_s ({train.signal_lead_s} s) must be shorter than train.runtime "
+                             f"({train.runtime} min = {train.runtime * 60} s); fix: lower signal_lead_s (e.g. 300) "
+                             "or raise runtime")
+        return self
 
 
 class DemoSettings(Strict):

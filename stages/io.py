@@ -121,13 +121,18 @@ def _tensor_bytes(payload: Any) -> int:
     return 0
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256", header: bytes = b"", chunk_bytes: int = 1 << 20) -> str:
+    """Hex digest (hashlib's `algorithm`) of `header` followed by a file's bytes, read in chunks."""
+    digest = hashlib.new(algorithm, header)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    return file_digest(path)
 
 
 def sha256_json(payload: Any) -> str:

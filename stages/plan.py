@@ -335,3 +335,211 @@ def check_data_ready(config: WorkflowConfig, train_sets: set[str], benchmarks: s
     if config.allow_partial:
         return "warning: allow_partial=true, scoring these datasets as they are:\n" + message
     raise ConfigError(message)
+
+
+# --- disk plan ------------------------------------------------------------------------------
+#
+# What a run directory holds on disk, from the model's parameter count (no model is built):
+# - final: best.pt, one copy of the trained weights (4 bytes a value, 2 with save_dtype: bf16),
+#   plus ckpt/last.pt when keep_checkpoints; zero-shot runs write none (best.pt refers to the
+#   pretrained weights);
+# - peak, while training: best.pt (or ckpt/best_val.pt, which becomes it) + one resumable
+#   checkpoint (fp32 weights, AdamW's two fp32 moments of every trained value, the teacher of a
+#   method whose teacher moves) + the checkpoint being written next to it (atomic write).
+# Logs, records and evaluation files (kilobytes to megabytes) are left out.
+
+# open_clip's model-config keys whose values the formula below accounts for; a config with any
+# other key (timm or HF towers, attentional pooling, layer scale, ...) is counted by building the
+# model on torch's meta device instead (no memory, a few seconds).
+_FORMULA_KEYS = {
+    "top": {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale"},
+    "vision": {"image_size", "layers", "width", "patch_size", "head_width", "mlp_ratio"},
+    "text": {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"},
+}
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Values in a model's state dict: all of them, and those of the image tower (``visual.*``)."""
+
+    total: int
+    visual: int
+
+
+def _transformer_values(width: int, layers: int, mlp_ratio: float) -> int:
+    """open_clip's ``Transformer``: per block ln_1 and ln_2 (2W each), attention in/out projections
+    (3W² + 3W, W² + W), MLP c_fc and c_proj (W·M + M, M·W + W) with M = int(W · mlp_ratio)."""
+    mlp = int(width * mlp_ratio)
+    return layers * (4 * width * width + 2 * width * mlp + 9 * width + mlp)
+
+
+def _pair(value: int | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def clip_parameters(config: dict[str, Any]) -> ParameterCount | None:
+    """Parameter count of an open_clip ViT CLIP from its model config (None: a config the formula does not cover).
+
+    Image tower: patch conv 3·p²·W (no bias), class token W, positional (grid + 1)·W, ln_pre and
+    ln_post 2W each, the blocks, projection W·E. Text tower: token embedding V·w, positional C·w,
+    the blocks, ln_final 2w, projection w·E. Plus the logit scale.
+    """
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    if (set(config) - _FORMULA_KEYS["top"] or set(vision) - _FORMULA_KEYS["vision"]
+            or set(text) - _FORMULA_KEYS["text"] or not {"layers", "width", "patch_size"} <= set(vision)):
+        return None
+    embed = int(config["embed_dim"])
+    width, (patch_h, patch_w) = int(vision["width"]), _pair(vision["patch_size"])
+    image_h, image_w = _pair(vision.get("image_size", 224))
+    grid = (image_h // patch_h) * (image_w // patch_w)
+    visual = (3 * patch_h * patch_w * width + width + (grid + 1) * width + 4 * width + width * embed
+              + _transformer_values(width, int(vision["layers"]), float(vision.get("mlp_ratio", 4.0))))
+    text_width = int(text.get("width", 512))
+    textual = (int(text.get("vocab_size", 49408)) * text_width + int(text.get("context_length", 77)) * text_width
+               + 2 * text_width + text_width * embed
+               + _transformer_values(text_width, int(text.get("layers", 12)), float(text.get("mlp_ratio", 4.0))))
+    return ParameterCount(total=visual + textual + 1, visual=visual)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """An open_clip model config read from its JSON file (the package's or ours), without importing open_clip."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    folders = [Path(__file__).parent / "models" / "configs"]
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(location) / "model_configs" for location in spec.submodule_search_locations]
+    for folder in folders:
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise ConfigError(f"archs: no open_clip model config {name}.json in {', '.join(map(str, folders))}; "
+                      "fix: name an open_clip architecture (`python -c 'import open_clip; print(open_clip.list_models())'`)")
+
+
+def meta_parameters(name: str) -> ParameterCount:
+    """Parameter count of open_clip's model `name`, built on the meta device (shapes only, no memory)."""
+    import open_clip
+    import torch
+
+    import stages.models.factory  # noqa: F401  (registers the shipped tiny configs)
+
+    with torch.device("meta"):
+        model = open_clip.create_model(name, pretrained=None, device="meta")
+    state = model.state_dict()
+    return ParameterCount(total=sum(value.numel() for value in state.values() if value.is_floating_point()),
+                          visual=sum(value.numel() for key, value in state.items()
+                                     if key.startswith("visual.") and value.is_floating_point()))
+
+
+def model_parameters(name: str) -> ParameterCount:
+    """The parameter count of open_clip model `name`: by formula from its config, else on the meta device."""
+    counted = clip_parameters(model_config(name))
+    return counted if counted is not None else meta_parameters(name)
+
+
+@dataclass(frozen=True)
+class RunDisk:
+    """Bytes one run directory needs: at its peak while training and once finished."""
+
+    run: TrainConfig
+    peak: int
+    final: int
+
+
+def _classes(train_set: str) -> int | None:
+    """Number of classes of a train set from its shipped class-name file, None when it has none."""
+    from stages.data.layout import classnames
+    from stages.data.source import DatasetError
+
+    for name in (train_set, train_set.replace("-", "_")):
+        try:
+            return len(classnames(name))
+        except DatasetError:
+            continue
+    return None
+
+
+def run_disk(run: TrainConfig, parameters: ParameterCount, classes: int | None) -> RunDisk:
+    """The peak and final disk of one run (see "disk plan" above); a head of unknown size counts as 0."""
+    spec = method_spec(run.method)
+    if not spec.trains:
+        return RunDisk(run, 0, 0)
+    embed = int(model_config(run.model.name)["embed_dim"])
+    head = (classes or 0) * embed if spec.has_head else 0
+    weights = parameters.total + 2 * head  # the head is stored twice: its effective weight and its parameter
+    trained = parameters.visual + head if spec.has_head else parameters.total  # head methods freeze the text tower
+    best = weights * (2 if run.save_dtype == "bf16" else 4)
+    checkpoint = 4 * (weights + 2 * trained + (parameters.total if spec.moving_teacher else 0))
+    final = best + (checkpoint if run.keep_checkpoints else 0)
+    return RunDisk(run, peak=best + 2 * checkpoint, final=final)
+
+
+def disk_plan(config: WorkflowConfig) -> list[RunDisk]:
+    """Peak and final disk of every run of the config's tables (zero-shot ones at 0)."""
+    counts = {name: model_parameters(name) for name in {run.model.name for run in runs_by_dir(config).values()}}
+    classes = {name: _classes(name) for name in config.train_sets}
+    return [run_disk(run, counts[run.model.name], classes.get(run.data.train_set))
+            for run in runs_by_dir(config).values()]
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{count:.0f} B"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def disk_report(config: WorkflowConfig, jobs: int) -> str:
+    """The disk plan as text: one line per (arch, method), then the grid's totals."""
+    plan = disk_plan(config)
+    groups: dict[tuple[str, str], list[RunDisk]] = {}
+    for item in plan:
+        groups.setdefault((item.run.model.name, item.run.method), []).append(item)
+    lines = [f"{'arch':<16} {'method':<10} {'runs':>5} {'params':>9} {'final/run':>10} {'peak/run':>10} {'final':>10}"]
+    for (arch, method), items in sorted(groups.items()):
+        count = model_parameters(arch).total
+        lines.append(f"{arch:<16} {method:<10} {len(items):>5} {count / 1e6:>8.1f}M {_size(max(item.final for item in items)):>10} "
+                     f"{_size(max(item.peak for item in items)):>10} {_size(sum(item.final for item in items)):>10}")
+    final = sum(item.final for item in plan)
+    extra = sorted((item.peak - item.final for item in plan), reverse=True)
+    trained = sum(1 for item in plan if method_spec(item.run.method).trains)
+    lines += [
+        f"{len(plan)} runs ({trained} trained; zero-shot runs refer to the pretrained weights, no copy)",
+        f"final (all runs finished): {_size(final)}",
+        f"peak with {jobs} training job(s) at once: {_size(final + sum(extra[:jobs]))}"
+        f" (every run at once: {_size(final + sum(extra))})",
+        "per run: final = best.pt (save_dtype) [+ ckpt/last.pt if keep_checkpoints]; peak = best.pt + one "
+        "resumable checkpoint (fp32 weights + 2 AdamW moments [+ moving teacher]) + the one being written",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from stages.config import validate_workflow_config
+
+    parser = argparse.ArgumentParser(prog="python -m stages.plan",
+                                     description="Disk a workflow config's runs will need (peak while training, "
+                                     "final), from the models' parameter counts, before any job starts.")
+    parser.add_argument("--config", type=Path, required=True, help="workflow config YAML (config/paper.yaml, ...)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training jobs running at once (the profile's `jobs`) for the peak (default 1)")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    try:
+        raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
+        config = validate_workflow_config(raw, str(args.config))
+        print(disk_report(config, args.jobs))
+    except (OSError, yaml.YAMLError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

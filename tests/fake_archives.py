@@ -9,7 +9,6 @@ the official archive has beside them (readme.html, Annotations.tar, categories.c
 from __future__ import annotations
 
 import io
-import pickle
 import shutil
 import tarfile
 import zipfile
@@ -45,10 +44,46 @@ def pack_zip(path: Path, tree: Path, prefix: str = "") -> Path:
     return path
 
 
-def _pickle(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        pickle.dump(payload, handle)
+IMAGENET_VAL_CLASSES = (3, 7, 3, 500)
+"""Class (index into ``fakes.imagenet_wnids()``) of the fake val images ILSVRC2012_val_00000001.JPEG, 2, ..."""
+IMAGENET_TRAIN_CLASSES = (3, 7, 999)
+"""Classes of the fake train tar's per-class tars, in order; the n-th (from 1) holds n images."""
+
+
+def imagenet(folder: Path) -> dict[str, Path]:
+    """The three ILSVRC-2012 archives, as the user downloads them: the devkit
+    (``ILSVRC2012_devkit_t12/{data/meta.mat, data/ILSVRC2012_validation_ground_truth.txt, evaluation/, readme.txt}``),
+    the flat val tar (``ILSVRC2012_val_<n>.JPEG``) and the train tar of per-class ``<wnid>.tar`` archives."""
+    stage = folder / "stage"
+    wnids = fakes.imagenet_wnids()
+    fakes.imagenet_unsorted_val(stage, [wnids[c] for c in IMAGENET_VAL_CLASSES], labels="devkit")
+    devkit = stage / "imagenet" / "ILSVRC2012_devkit_t12"
+    (devkit / "evaluation").mkdir()
+    (devkit / "readme.txt").write_text("ILSVRC2012 devkit (fake)\n")
+    for index, wnid in enumerate(wnids[c] for c in IMAGENET_TRAIN_CLASSES):
+        for n in range(1 + index):
+            fakes.image(stage / "train" / wnid / f"{wnid}_{n}.JPEG", index + n)
+        pack_tar(stage / "train-tars" / f"{wnid}.tar", stage / "train" / wnid, gz=False)
+    return {
+        "ILSVRC2012_devkit_t12.tar.gz": pack_tar(folder / "ILSVRC2012_devkit_t12.tar.gz", devkit, "ILSVRC2012_devkit_t12/"),
+        "ILSVRC2012_img_val.tar": pack_tar(folder / "ILSVRC2012_img_val.tar", stage / "imagenet" / "val", gz=False),
+        "ILSVRC2012_img_train.tar": pack_tar(folder / "ILSVRC2012_img_train.tar", stage / "train-tars", gz=False),
+    }
+
+
+IMAGENET_R_CLASSES = (0, 5, 9)
+"""Positions (in IN-R's 200 classes) of the fake imagenet-r.tar's classes, two images each."""
+
+
+def imagenet_r(folder: Path) -> dict[str, Path]:
+    """``imagenet-r.tar``: ``imagenet-r/{README.txt, <wnid>/*.jpg}``."""
+    stage = folder / "stage"
+    for wnid in fakes.imagenet_subset(stage, "imagenet-r", list(IMAGENET_R_CLASSES)):
+        fakes.image(stage / "imagenet-r" / wnid / "second.jpg", 3)
+    # The release's README is small; this one is long enough (300 kB) that a dropped connection falls
+    # after the first chunks the client has written, as it does in a 2 GB download.
+    (stage / "imagenet-r" / "README.txt").write_text("ImageNet-R (fake)\n" * 17_000)
+    return {"imagenet-r.tar": pack_tar(folder / "imagenet-r.tar", stage / "imagenet-r", "imagenet-r/", gz=False)}
 
 
 def cifar10(folder: Path) -> dict[str, Path]:
@@ -57,7 +92,7 @@ def cifar10(folder: Path) -> dict[str, Path]:
     for i, split_file in enumerate([*(f"data_batch_{n}" for n in range(1, 6)), "test_batch"]):
         fakes.cifar10(stage, [(i + k) % 10 for k in range(10)], seed=i, split_file=split_file)
     base = stage / "cifar-10-batches-py"
-    _pickle(base / "batches.meta", {"label_names": classnames("cifar10"), "num_cases_per_batch": 10, "num_vis": 3072})
+    fakes.write_pickle(base / "batches.meta", {"label_names": classnames("cifar10"), "num_cases_per_batch": 10, "num_vis": 3072})
     (base / "readme.html").write_text("<html></html>")
     return {"cifar-10-python.tar.gz": pack_tar(folder / "cifar-10-python.tar.gz", base, "cifar-10-batches-py/")}
 
@@ -68,7 +103,7 @@ def cifar100(folder: Path) -> dict[str, Path]:
     fakes.cifar100(stage, list(range(0, 100, 10)))
     base = stage / "cifar-100-python"
     shutil.copy(base / "test", base / "train")
-    _pickle(base / "meta", {"fine_label_names": [n.replace(" ", "_") for n in classnames("cifar100")],
+    fakes.write_pickle(base / "meta", {"fine_label_names": [n.replace(" ", "_") for n in classnames("cifar100")],
                             "coarse_label_names": [f"super{i}" for i in range(20)]})
     return {"cifar-100-python.tar.gz": pack_tar(folder / "cifar-100-python.tar.gz", base, "cifar-100-python/")}
 
@@ -198,6 +233,7 @@ def fmow(folder: Path) -> dict[str, Path]:
 
 
 BUILDERS: dict[str, Builder] = {
+    "imagenet": imagenet, "imagenet-r": imagenet_r,
     "cifar10": cifar10, "cifar100": cifar100, "cifar10.02": cifar102, "stl10": stl10, "caltech101": caltech101,
     "stanford-cars": stanford_cars, "flowers102": flowers102, "waterbirds": waterbirds, "pacs": pacs,
     "iwildcam": iwildcam, "fmow": fmow,

@@ -103,7 +103,8 @@ def cifar_pixels(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
 
 
-def _pickle(path: Path, payload: dict) -> None:
+def write_pickle(path: Path, payload: dict) -> None:
+    """`payload` pickled to `path` (its folder created), as the CIFAR python batches are."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         pickle.dump(payload, handle)
@@ -113,14 +114,14 @@ def cifar10(root: Path, labels: list[int], seed: int = 0, split_file: str = "tes
     """``cifar-10-batches-py/<split_file>`` (planar R, G, B rows as the original); returns the HWC images."""
     images = cifar_pixels(len(labels), seed)
     data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)
-    _pickle(root / "cifar-10-batches-py" / split_file, {"data": data, "labels": labels, "batch_label": "fake"})
+    write_pickle(root / "cifar-10-batches-py" / split_file, {"data": data, "labels": labels, "batch_label": "fake"})
     return images
 
 
 def cifar100(root: Path, labels: list[int]) -> np.ndarray:
     images = cifar_pixels(len(labels), 1)
     data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)
-    _pickle(root / "cifar-100-python" / "test", {"data": data, "fine_labels": labels, "coarse_labels": [0] * len(labels)})
+    write_pickle(root / "cifar-100-python" / "test", {"data": data, "fine_labels": labels, "coarse_labels": [0] * len(labels)})
     return images
 
 

@@ -40,7 +40,7 @@ torch.save(out, sys.argv[3])
 def ft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny FT run (a head method) with one metrics JSON in its eval folder."""
     run = tmp_path_factory.mktemp("ft") / "run"
-    train(tiny_config("ft"), run)
+    train(tiny_config("ft", keep_checkpoints=True), run)  # ckpt/ kept: every file is loaded below
     (run / "eval").mkdir()
     (run / "eval" / "imagefolder-test.json").write_text(json.dumps({"benchmark": "imagefolder-test", "n": 16,
                                                                     "metrics": {"top1": 0.8125}}))

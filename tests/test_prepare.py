@@ -1,8 +1,8 @@
 """``python -m stages.data prepare``: downloads from a local server (Range, faults on purpose), checksums,
 manual files, mirrors, the atomic arrange, and the ImageNet train/val re-layout from fake official archives.
 
-The archives are shaped like the real ones (same names, nesting and metadata files; a few 8x8 images).
-Their checksums are computed here and given to a test route that keeps the real route's arrange; the
+The archives (tests/fake_archives.py) are shaped like the real ones (same names, nesting and metadata
+files; a few 8x8 images). Their checksums are computed here and given to a test route that keeps the real route's arrange; the
 manifest is a test one with the fake's counts (the shipped routes and manifests are left as they are).
 """
 
@@ -14,37 +14,21 @@ import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+import fake_archives
 import fakes
 from data_server import DataServer
 from stages.data import manifest as manifest_module
 from stages.data.archives import extract_tar
-from stages.data.prepare import DOWNLOADS, load_routes, mirror_url, prepare
+from stages.data import routes as routes_module
+from stages.data.prepare import DOWNLOADS, gather_files, git_blob_sha1, load_routes, mirror_url, prepare
 from stages.data.routes import PrepareRoute, RemoteFile
 from stages.data.source import DatasetError, build_dataset
 
 IN_R_PATH = "/~hendrycks/imagenet-r.tar"
-
-
-def tar_of(folder: Path, arcname: str | None = None, gz: bool = False) -> bytes:
-    """The bytes of a tar of `folder` (stored as `arcname`, default its name), members sorted."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as tar:
-        tar.add(folder, arcname=arcname or folder.name, recursive=False)
-        for path in sorted(folder.rglob("*")):
-            tar.add(path, arcname=f"{arcname or folder.name}/{path.relative_to(folder).as_posix()}", recursive=False)
-    return buffer.getvalue()
-
-
-def flat_tar(files: list[Path], gz: bool = False) -> bytes:
-    """A tar whose members are `files` at its top level (as ILSVRC2012_img_val.tar and the train tar)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as tar:
-        for path in files:
-            tar.add(path, arcname=path.name)
-    return buffer.getvalue()
 
 
 def write_manifest(folder: Path, dataset: str, splits: dict[str, tuple[int, int, int | None]]) -> None:
@@ -58,14 +42,7 @@ def write_manifest(folder: Path, dataset: str, splits: dict[str, tuple[int, int,
 def fake_in_r(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, PrepareRoute]:
     """imagenet-r.tar shaped like the release (imagenet-r/README.txt, imagenet-r/<wnid>/*.jpg; 3 classes x 2),
     its route (the real arrange, this archive's sha256) and a manifest with its counts."""
-    source = tmp_path / "source"
-    wnids = fakes.imagenet_subset(source, "imagenet-r", [0, 5, 9])
-    for wnid in wnids:
-        fakes.image(source / "imagenet-r" / wnid / "second.jpg", 3)
-    # The release's README is small; this one is long enough (300 kB) that a dropped connection falls
-    # after the first chunks the client has written, as it does in a 2 GB download.
-    (source / "imagenet-r" / "README.txt").write_text("ImageNet-R (fake)\n" * 17_000)
-    data = tar_of(source / "imagenet-r")
+    data = fake_archives.imagenet_r(tmp_path / "source")["imagenet-r.tar"].read_bytes()
     monkeypatch.setattr(manifest_module, "MANIFEST_DIR", tmp_path / "manifests")
     write_manifest(tmp_path / "manifests", "imagenet-r", {"test": (6, 3, 2)})
     real = load_routes()["imagenet-r"]
@@ -172,7 +149,7 @@ def test_archive_path_traversal_is_refused(tmp_path: Path) -> None:
             tar.addfile(info, io.BytesIO(b"evil"))
         buffer.seek(0)
         with pytest.raises(DatasetError, match="absolute path or '..'"):
-            extract_tar(buffer, tmp_path / "out", name="evil.tar")
+            extract_tar(buffer, tmp_path / "out", label="evil.tar")
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         link = tarfile.TarInfo("imagenet-r/link")
@@ -180,39 +157,17 @@ def test_archive_path_traversal_is_refused(tmp_path: Path) -> None:
         tar.addfile(link)
     buffer.seek(0)
     with pytest.raises(DatasetError, match="links outside"):
-        extract_tar(buffer, tmp_path / "out", strip="imagenet-r", name="evil.tar")
+        extract_tar(buffer, tmp_path / "out", strip="imagenet-r", label="evil.tar")
     assert not (tmp_path / "evil.txt").exists()
-
-
-def fake_imagenet_archives(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
-    """The three ILSVRC-2012 archives, shaped like the real ones, in one folder (as the user downloads them):
-    the devkit (ILSVRC2012_devkit_t12/data/{meta.mat, ILSVRC2012_validation_ground_truth.txt}), the flat val
-    tar and the train tar of per-class <wnid>.tar archives. Returns (folder, train wnids, val wnid per image)."""
-    wnids = fakes.imagenet_wnids()
-    val_wnids = [wnids[3], wnids[7], wnids[3], wnids[500]]
-    work = tmp_path / "work"
-    fakes.imagenet_unsorted_val(work, val_wnids, labels="devkit")  # devkit + flat val, as the archives hold them
-    out = tmp_path / "downloads"
-    out.mkdir()
-    devkit = work / "imagenet" / "ILSVRC2012_devkit_t12"
-    (devkit / "evaluation").mkdir()
-    (devkit / "readme.txt").write_text("ILSVRC2012 devkit (fake)\n")
-    (out / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(tar_of(devkit, gz=True))
-    (out / "ILSVRC2012_img_val.tar").write_bytes(flat_tar(sorted((work / "imagenet" / "val").glob("*.JPEG"))))
-    train_wnids = [wnids[3], wnids[7], wnids[999]]
-    inner = []
-    for index, wnid in enumerate(train_wnids):
-        images = [fakes.image(work / "train" / wnid / f"{wnid}_{n}.JPEG", index + n) for n in range(1 + index)]
-        (work / "inner").mkdir(exist_ok=True)
-        (work / "inner" / f"{wnid}.tar").write_bytes(flat_tar(images))
-        inner.append(work / "inner" / f"{wnid}.tar")
-    (out / "ILSVRC2012_img_train.tar").write_bytes(flat_tar(inner))
-    return out, train_wnids, val_wnids
 
 
 def test_imagenet_train_and_val_relayout_from_the_official_archives(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    archives, train_wnids, val_wnids = fake_imagenet_archives(tmp_path)
+    archives = tmp_path / "downloads"
+    fake_archives.imagenet(archives)
+    wnids = fakes.imagenet_wnids()
+    train_wnids = [wnids[c] for c in fake_archives.IMAGENET_TRAIN_CLASSES]
+    val_wnids = [wnids[c] for c in fake_archives.IMAGENET_VAL_CLASSES]
     real = load_routes()["imagenet"]
     files = tuple(replace(file, md5=hashlib.md5((archives / file.name).read_bytes()).hexdigest())
                   for file in real.files)
@@ -254,8 +209,49 @@ def test_shipped_routes_record_published_checksums() -> None:
     assert md5["ILSVRC2012_devkit_t12.tar.gz"] == "fa75699e90414af021442c21a62c3abf"
     assert md5["imagenet-r.tar"] == "a61312130a589d0ca1a8fca1f2bd3337"
     assert md5["imagenet-a.tar"] == "c3e55429088dc681f30d81f4726b6595"
-    for route in routes.values():
-        for file in route.files:
-            assert file.sha256 or file.md5 or file.manual, file.name
     assert all(isinstance(route, PrepareRoute) and all(isinstance(f, RemoteFile) for f in route.files)
                for route in routes.values())
+
+
+def test_a_file_pinned_by_its_git_blob_id_is_checked(tmp_path: Path) -> None:
+    """A file whose only checksum is ``git_sha1`` (e.g. CIFAR-10.2's npz) is checked like a sha256: the right
+    id passes, a wrong one is fetched again once and then refused, naming both ids."""
+    data = b"images and labels\n" * 100
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    right = git_blob_sha1(path)
+    assert right == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    with DataServer({"/repo/raw/abc/blob.bin": data}) as server:
+        file = RemoteFile("blob.bin", server.url + "/repo/raw/abc/blob.bin", git_sha1=right)
+        route = PrepareRoute(dataset="pinned", files=(file,), arrange=lambda files, target: None, folder="pinned")
+        assert gather_files(route, tmp_path / "good", progress=False)["blob.bin"].read_bytes() == data
+        wrong = replace(route, files=(replace(file, git_sha1="0" * 40),))
+        with pytest.raises(DatasetError) as error:
+            gather_files(wrong, tmp_path / "bad", progress=False)
+        assert server.gets("/repo/raw/abc/blob.bin") == [None, None, None]
+    message = str(error.value)
+    assert "blob.bin: git_sha1 " + right in message and "0" * 40 in message and "fetched twice" in message
+
+
+def test_cifar10_02_prepares_cifar10_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cifar10.02's adapter reads cifar10's test_batch: preparing cifar10.02 prepares cifar10 first (its own
+    verify, in the staging folder, reads it there)."""
+    routes = load_routes()
+    files = {**fake_archives.cifar10(tmp_path / "fakes" / "cifar10"), **fake_archives.cifar102(tmp_path / "fakes" / "102")}
+    served = {}
+    for name in ("cifar10", "cifar10.02"):  # the real routes, with the fakes' checksums
+        (file,) = routes[name].files
+        served[urlsplit(file.url).path] = files[file.name].read_bytes()
+        checked = replace(file, md5=None, sha256=hashlib.sha256(served[urlsplit(file.url).path]).hexdigest(),
+                          size=None, git_sha1=None)
+        monkeypatch.setitem(routes_module._ROUTES, name, replace(routes[name], files=(checked,)))
+    monkeypatch.setattr(manifest_module, "MANIFEST_DIR", tmp_path / "manifests")
+    write_manifest(tmp_path / "manifests", "cifar10", {"train": (50, 10, 5), "test": (10, 10, 1)})
+    write_manifest(tmp_path / "manifests", "cifar10.02", {"test": (30, 10, 3)})
+    root = tmp_path / "data"
+    assert routes["cifar10.02"].requires == ("cifar10",)
+    with DataServer(served) as server:
+        lines = prepare("cifar10.02", root, mirror=server.url, progress=False).splitlines()
+    assert lines[0].startswith("cifar10: prepared under") and lines[1].startswith("cifar10.02: prepared under")
+    assert len(build_dataset("cifar10.02", root, "test")) == 30
+    assert sorted(path.name for path in root.iterdir()) == [DOWNLOADS, "CIFAR-10.2", "cifar-10-batches-py"]

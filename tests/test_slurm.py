@@ -184,12 +184,14 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
             del env[name]
     # The jobstep plugin (0.6.1) drops every SLURM_* variable but the job's identity before its
     # inner `srun`, SLURM_CONF included; a real site has /etc/slurm/slurm.conf (or configless
-    # /run/slurm/conf), this cluster has neither, so its srun is a wrapper that restores the path.
+    # /run/slurm/conf), this cluster has neither, so the clients a job calls (srun; scontrol, with
+    # which an interrupted training job requeues itself) are wrappers that restore the path.
     wrappers = root / "bin"
     wrappers.mkdir()
-    srun = wrappers / "srun"
-    srun.write_text(f'#!/bin/sh\nexport SLURM_CONF="{conf}"\nexec "{_binary("srun")}" "$@"\n')
-    srun.chmod(0o755)
+    for client in ("srun", "scontrol"):
+        wrapper = wrappers / client
+        wrapper.write_text(f'#!/bin/sh\nexport SLURM_CONF="{conf}"\nexec "{_binary(client)}" "$@"\n')
+        wrapper.chmod(0o755)
     env["PATH"] = f"{wrappers}{os.pathsep}{env.get('PATH', '')}"
     cluster = Slurm(env=env, root=root, node=node, partition=PARTITION)
 
@@ -245,15 +247,28 @@ def test_slurm_cluster_runs_a_gpu_job(slurm: Slurm) -> None:
     assert (slurm.root / "hello.out").read_text().strip() == "gpu=0"
 
 
-def _tiny_config(tmp_path: Path) -> Path:
-    """tests/configs/demo-tiny.yaml, smaller still: zero-shot and FLYP, Table 2's ID column only."""
+@dataclass
+class Demo:
+    """The tiny demo's data and pretrained weights, built once (locally) for the workflow tests."""
+
+    config: dict
+    weights: Path
+
+
+@pytest.fixture(scope="module")
+def demo(slurm: Slurm, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """tests/configs/demo-tiny.yaml, smaller still (zero-shot and FLYP, Table 2's ID column), its data
+    and pretrained weights built locally once: each SLURM wave costs ~35 s here (two snakemake
+    start-ups per job on 2 cores plus the plugin's status back-off), so the cluster runs keep to the
+    GPU rules."""
+    root = tmp_path_factory.mktemp("demo")
     config = yaml.safe_load((REPO / "tests" / "configs" / "demo-tiny.yaml").read_text())
-    config["results"], config["data_root"] = str(tmp_path / "results"), str(tmp_path / "data")
-    weights = str(tmp_path / "TinyCLIP-demo.pt")
-    config["demo"].update(weights=weights, pretrain_steps=3,
+    config["results"], config["data_root"] = str(root / "results"), str(root / "data")
+    weights = root / "TinyCLIP-demo.pt"
+    config["demo"].update(weights=str(weights), pretrain_steps=3,
                           sizes={"pretrain": 200, "train": 100, "val": 50, "test": 50, "group": 50, "sketch": 50,
                                  "rendition": 50})
-    config["archs"] = {"TinyCLIP-demo": weights}
+    config["archs"] = {"TinyCLIP-demo": str(weights)}
     # train asks for the fake GPU (sbatch --gpus=1); the config still trains on the CPU.
     config["resources"]["train"].update(gpu=1, mem_mb=1000)
     config["resources"]["evaluate"].update(mem_mb=1000)
@@ -261,6 +276,20 @@ def _tiny_config(tmp_path: Path) -> Path:
     table.update(methods=["zeroshot", "flyp"], columns=[{"label": "ID", "benchmark": "demo-id"}])
     table.pop("averages", None)
     config["tables"] = {2: table}
+    path = root / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    prepare = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-q", "--configfile", str(path),
+                              "--", str(weights)], cwd=REPO, env=slurm.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert prepare.returncode == 0, prepare.stdout[-4000:]
+    return Demo(config=config, weights=weights)
+
+
+def _tiny_config(tmp_path: Path, demo: Demo, **train_set: object) -> Path:
+    """The demo's config with its results under `tmp_path` (data and weights shared); `train_set`
+    replaces settings of its train set (e.g. ``optim``)."""
+    config = {**demo.config, "results": str(tmp_path / "results")}
+    config["train_sets"] = {name: {**spec, **train_set} for name, spec in config["train_sets"].items()}
     path = tmp_path / "slurm-tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -289,16 +318,9 @@ def _test_profile(slurm: Slurm, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_workflow_runs_through_slurm(slurm: Slurm, tmp_path: Path) -> None:
-    config, profile = _tiny_config(tmp_path), _test_profile(slurm, tmp_path)
+def test_workflow_runs_through_slurm(slurm: Slurm, demo: Demo, tmp_path: Path) -> None:
+    config, profile = _tiny_config(tmp_path, demo), _test_profile(slurm, tmp_path)
     table = tmp_path / "results" / "table2.md"
-    # The demo's data and pretrained weights first, locally: each SLURM wave costs ~35 s here (two
-    # snakemake start-ups per job on 2 cores plus the plugin's status back-off), so the cluster run
-    # below keeps to the GPU rules, train and evaluate, in two waves.
-    prepare = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-q", "--configfile", str(config),
-                              "--", str(tmp_path / "TinyCLIP-demo.pt")], cwd=REPO, env=slurm.env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-    assert prepare.returncode == 0, prepare.stdout[-4000:]
     command = [sys.executable, "-m", "snakemake", "--profile", str(profile), "--configfile", str(config),
                "--", str(table)]
     started = time.monotonic()
@@ -332,6 +354,107 @@ def test_workflow_runs_through_slurm(slurm: Slurm, tmp_path: Path) -> None:
     assert {row.split("|")[1].strip() for row in rows} == {"Zeroshot", "FLYP"}, table.read_text()
     assert all(re.search(r"\d+\.\d\d", row) for row in rows), table.read_text()
     print(f"workflow through SLURM: {len(submitted)} sbatch jobs, {seconds:.1f} s")
+
+
+def _job_states(slurm: Slurm, job: str) -> str:
+    done = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], env=slurm.env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@pytest.mark.slow
+def test_interrupted_training_job_requeues_itself(slurm: Slurm, demo: Demo, tmp_path: Path) -> None:
+    """A SLURM train job whose trainer is signalled mid-run (SIGTERM to the job's steps: what
+    `--signal=TERM@lead` sends before the time limit, and preemption) checkpoints, requeues itself
+    under the same job id, resumes, and ends with the uninterrupted run's weights; snakemake tracks
+    it throughout, spends no retry, and run.json records the interruption."""
+    import torch
+
+    # FLYP, 2 epochs x 12 steps of 8 (~0.2 s a step here); no step checkpoint within the run.
+    config = _tiny_config(tmp_path, demo, optim={"lr": 3.0e-5, "weight_decay": 0.1, "warmup_steps": 1, "epochs": 2,
+                                                 "batch_size": 8, "max_steps_per_epoch": None})
+    raw = yaml.safe_load(config.read_text())
+    raw.update(checkpoint_every=1000, log_every=1)
+    raw["resources"]["train"]["signal_lead_s"] = 120
+    config.write_text(yaml.safe_dump(raw))
+    profile = _test_profile(slurm, tmp_path)
+    run_dir = tmp_path / "results" / "runs" / "TinyCLIP-demo-TinyCLIP-demo" / "fmnist-demo" / "flyp" / "-" / "-" / "-" / "seed0"
+    command = [sys.executable, "-m", "snakemake", "--profile", str(profile), "--configfile", str(config),
+               "--verbose", "--", str(run_dir / "best.pt")]
+    output = tmp_path / "snakemake.out"
+    started = time.monotonic()
+    with open(output, "w") as sink:
+        workflow = subprocess.Popen(command, cwd=REPO, env=slurm.env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        # The job's id, then its trainer's first logged step (its stop handlers are installed by then).
+        deadline = time.monotonic() + 240
+        job = None
+        while job is None or not (run_dir / "train_log.jsonl").is_file() or not (run_dir / "train_log.jsonl").stat().st_size:
+            assert workflow.poll() is None and time.monotonic() < deadline, output.read_text()[-6000:]
+            found = re.search(r"submitted with SLURM jobid (\d+)", output.read_text())
+            job = found[1] if found else None
+            time.sleep(0.05)
+        # Without --batch, SLURM signals every process of the job's steps: trainer, supervisor, snakemake.
+        slurm.run("scancel", "--signal=TERM", job)
+        seen = [_job_states(slurm, job)]
+        while workflow.poll() is None:
+            state = _job_states(slurm, job)
+            if state != seen[-1]:
+                seen.append(state)
+            if state == "PENDING":
+                # A requeued job waits 120 s (BeginTime) before SLURM starts it again; not here.
+                subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], env=slurm.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            assert time.monotonic() < deadline + 120, output.read_text()[-6000:]
+            time.sleep(0.2)
+    finally:
+        if workflow.poll() is None:
+            workflow.kill()
+            workflow.wait()
+    seconds = time.monotonic() - started
+    log = output.read_text()
+    assert workflow.returncode == 0, f"{log[-6000:]}\n{slurm.logs()}"
+
+    # One submission: the job was requeued by itself (same id, SLURM restarted it once), not
+    # resubmitted by snakemake, which went on tracking it until it completed.
+    assert re.findall(r"submitted with SLURM jobid (\d+)", log) == [job], log[-4000:]
+    shown = slurm.run("scontrol", "show", "job", job)
+    assert "JobState=COMPLETED" in shown and "Restarts=1" in shown and "Requeue=1" in shown, shown
+    assert "PENDING" in seen and seen[-1] == "COMPLETED", seen
+    # The profile asked for the early warning and requeueing (the plugin logs its sbatch call).
+    sbatch = next(line for line in log.splitlines() if "sbatch call:" in line)
+    assert "--signal=TERM@120" in sbatch and "--requeue" in sbatch and "--open-mode=append" in sbatch, sbatch
+    # The job's SLURM log keeps both instances (appended); the rule's log is the resumed attempt's.
+    job_log = next((tmp_path / "slurm_logs").rglob(f"{job}.log")).read_text()
+    assert job_log.count("Building DAG of jobs") >= 2, job_log[-3000:]
+    (train_log,) = (tmp_path / "results" / "logs" / "train").rglob("seed0.log")
+
+    # run.json: one interruption, at the signalled step, resumed from that very step.
+    record = json.loads((run_dir / "run.json").read_text())
+    (interruption,) = record["interruptions"]
+    assert interruption["reason"] == "SIGTERM", interruption
+    assert 0 < interruption["step"] < record["total_steps"] == 24, interruption
+    assert interruption["resumed_from"] == interruption["step"] and interruption["steps_lost"] == 0, interruption
+    assert f"from step {interruption['step']}/24" in train_log.read_text()
+    steps = [row["step"] for row in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
+             if "loss" in row]
+    assert steps == list(range(1, 25)), steps
+
+    # The same run trained in one go, by the trainer directly: identical weights.
+    direct = tmp_path / "direct"
+    env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "stages.training", "--config", str(run_dir / "train.yaml"),
+                           "--out", str(direct), "--set", "device=cpu", "--set", "data.workers=0", "--set",
+                           f"data.data_root={demo.config['data_root']}"], cwd=REPO, env=env,
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    interrupted, uninterrupted = (torch.load(path / "best.pt", weights_only=True)["state_dict"]
+                                  for path in (run_dir, direct))
+    assert interrupted.keys() == uninterrupted.keys()
+    different = [key for key, value in uninterrupted.items() if not torch.equal(interrupted[key], value)]
+    assert not different, different
+    print(f"interrupted SLURM training: job {job} states {seen}, interrupted at step {interruption['step']}/24, "
+          f"{interruption['steps_lost']} steps lost, weights identical; {seconds:.1f} s")
 
 
 LR = 1e-5

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import fake_archives
 import fakes
 from stages.data import manifest as manifest_module
 from stages.data.__main__ import main
@@ -77,6 +79,40 @@ def test_imagenet_val_as_loose_files_is_named_as_such(tmp_path: Path) -> None:
     fakes.imagenet_unsorted_val(tmp_path / "labelled", [wnids[0], wnids[1], wnids[0]], labels="devkit")
     labelled = verify_dataset("imagenet", tmp_path / "labelled").text()
     assert "loose image files" not in labelled and "imagenet val: 3 of 50,000 images, 2 of 1,000 classes" in labelled
+
+
+@pytest.mark.parametrize("dataset, build, images", [
+    ("iwildcam", fakes.iwildcam, {"train": 1, "id_test": 2, "test": 2, "val": 1}),
+    ("fmow", fakes.fmow, {"train": 1, "id_val": 1, "id_test": 1, "val": 1, "test": 3}),
+])
+def test_wilds_splits_lacking_classes_verify_when_only_the_label_set_is_published(
+        dataset: str, build: Callable[[Path], object], images: dict[str, int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # WILDS publishes the label set (182 / 62 classes), not which classes each split holds: null in the manifest.
+    assert all(counts.classes is None for counts in load_manifest(dataset).splits.values())
+    build(tmp_path)  # every split holds only a few of the classes
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / f"{dataset}.json").write_text(json.dumps({
+        "dataset": dataset, "version": "test", "source": "test",
+        "splits": {split: {"images": n, "classes": None, "per_class": None} for split, n in images.items()}}))
+    monkeypatch.setattr(manifest_module, "MANIFEST_DIR", tmp_path / "manifests")
+    report = verify_dataset(dataset, tmp_path)
+    assert report.ok, report.text()
+    assert f"{dataset} test: {images['test']} of {images['test']} images, " in report.text()
+    short = {**images, "train": images["train"] + 1}  # an image shortfall is still one
+    (tmp_path / "manifests" / f"{dataset}.json").write_text(json.dumps({
+        "dataset": dataset, "version": "test", "source": "test",
+        "splits": {split: {"images": n, "classes": None, "per_class": None} for split, n in short.items()}}))
+    assert "SHORT by 1 images" in verify_dataset(dataset, tmp_path).text()
+
+
+def test_cifar10_02_without_cifar10_names_the_command_for_cifar10(tmp_path: Path) -> None:
+    files = fake_archives.cifar102(tmp_path / "CIFAR-10.2")  # cifar102_test.npz in place, cifar10 absent
+    assert (tmp_path / "CIFAR-10.2" / "cifar102_test.npz") == files["cifar102_test.npz"]
+    report = verify_dataset("cifar10.02", tmp_path)
+    assert not report.ok
+    assert (f"reads cifar10's files too, and cifar10 does not verify: python -m stages.data prepare --dataset cifar10 "
+            f"--data-root {tmp_path}") in report.text()
 
 
 def test_own_data_reports_counts_and_refuses_different_class_sets(tmp_path: Path,

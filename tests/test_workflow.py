@@ -157,3 +157,42 @@ def test_own_data_config_runs_end_to_end_on_a_folder_tree(tmp_path: Path) -> Non
     assert [row.split("|")[1].strip() for row in rows] == ["Zeroshot", "FLYP", "FLYP"], table
     assert all(len(re.findall(r"\| \d+\.\d\d (?=\|)", row)) == 2 for row in rows), table  # one seed: no "± 0.00"
     assert len(list((tmp_path / "crops").glob("imagefolder-*.npy"))) == 2  # val and test, decoded once each
+
+
+def test_disk_plan_of_the_paper_grid() -> None:
+    """`python -m stages.plan` plans the runs `snakemake -n` plans, with open_clip's parameter counts."""
+    # The formula's counts are open_clip's own: the models built on the meta device (shapes only).
+    # ViT-B-16's 149,620,737 is open_clip's published 149.62 M (docs/model_profile.csv).
+    for name in ("ViT-B-16", "ViT-L-14", "TinyCLIP-test"):
+        assert plan.clip_parameters(plan.model_config(name)) == plan.meta_parameters(name), name
+    b16 = plan.model_parameters("ViT-B-16")
+    assert b16.total == 149_620_737 and b16.visual == 86_192_640
+
+    config = validate_workflow_config(load("paper.yaml"), "config/paper.yaml")
+    runs = plan.disk_plan(config)
+    trained = [item for item in runs if item.final]
+    # The grid of test_paper_all_tables_dry_run_plans_the_grid: 162 trained runs, 7 zero-shot (no copy).
+    assert (len(runs), len(trained)) == (162 + 7, 162)
+    assert all(item.peak == item.final == 0 for item in runs if item.run.method == "zeroshot")
+    flyp = next(item for item in runs if item.run.method == "flyp" and item.run.model.name == "ViT-B-16")
+    # best.pt: one fp32 copy; peak: + one resumable checkpoint (weights + 2 AdamW moments) + the one being written.
+    assert flyp.final == 4 * b16.total and flyp.peak == 4 * b16.total + 2 * 4 * 3 * b16.total
+    carot = next(item for item in runs if item.run.method == "carot" and item.run.model.name == "ViT-B-16")
+    assert carot.peak == flyp.peak + 2 * 4 * b16.total  # its EMA teacher rides in the checkpoint
+    bf16 = plan.run_disk(flyp.run.model_copy(update={"save_dtype": "bf16"}), b16, None)
+    assert bf16.final == 2 * b16.total
+
+    done = subprocess.run([sys.executable, "-m", "stages.plan", "--config", "config/paper.yaml", "--jobs", "50"],
+                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == 0, done.stdout
+    assert "169 runs (162 trained" in done.stdout and "peak with 50 training job(s) at once" in done.stdout, done.stdout
+    final = sum(item.final for item in runs)
+    assert f"final (all runs finished): {final / 1e9:.1f} GB" in done.stdout, done.stdout
+
+
+def test_signal_lead_must_leave_training_time() -> None:
+    config = load("config.yaml")
+    config["resources"]["train"].update(runtime=5, signal_lead_s=300)
+    with pytest.raises(ConfigError, match=r"train\.signal_lead_s \(300 s\) must be shorter than train\.runtime"):
+        validate_workflow_config(config)

@@ -14,8 +14,14 @@ misarranged download from a complete one by listing files, without decoding an i
     }
 
 ``splits`` keys are the split names the dataset's adapter takes (``build_dataset(name, root, split)``);
-``images`` and ``classes`` are the exact counts of the official release; ``per_class`` is the number of
-images in every class when the split is balanced (ImageNet val: 50), else ``null``. Standard library only.
+``images`` is the split's exact image count in the official release. ``classes`` is the number of
+distinct classes that have at least one image in the split (``verify`` counts the labels present, so a
+download missing whole class folders is named), or ``null`` where the release publishes only the
+label set and not which classes each split holds (iWildCam's 182 and FMoW's 62 classes: several
+splits lack some of them, and WILDS publishes no per-split class counts); a ``null`` split is checked
+on its image count alone, and its adapter still refuses any label outside the label set. ``per_class``
+is the number of images in every class when the split is balanced (ImageNet val: 50), else ``null``
+(and always ``null`` when ``classes`` is). Standard library only.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ class SplitCounts:
     """The expected contents of one split."""
 
     images: int
-    classes: int
+    classes: int | None
+    """Classes with at least one image in the split; None: not published (only the label set is known)."""
     per_class: int | None = None
 
 
@@ -79,10 +86,12 @@ def parse_manifest(path: Path) -> Manifest:
             raise DatasetError(f"{path}: splits.{split} must have images, classes and optionally per_class")
         splits[split] = SplitCounts(
             images=_int(path, f"splits.{split}.images", counts["images"]),
-            classes=_int(path, f"splits.{split}.classes", counts["classes"]),
+            classes=_int(path, f"splits.{split}.classes", counts["classes"], optional=True),
             per_class=_int(path, f"splits.{split}.per_class", counts.get("per_class"), optional=True),
         )
         c = splits[split]
+        if c.per_class is not None and c.classes is None:
+            raise DatasetError(f"{path}: splits.{split}: per_class needs the split's number of classes, not null")
         if c.per_class is not None and c.per_class * c.classes != c.images:
             raise DatasetError(f"{path}: splits.{split}: {c.classes} classes x {c.per_class} per class != {c.images}")
     return Manifest(dataset=raw["dataset"], version=raw["version"], source=raw["source"], splits=splits)

@@ -7,9 +7,11 @@ Puts one benchmark under the data root in the layout its adapter reads, from its
    else downloaded there with ``requests`` (streamed, a tqdm bar, resumable: the bytes go to
    ``<name>.part`` and an interrupted download, whether the connection dropped or the process was
    killed, continues with an HTTP Range request);
-2. each file's published sha256/md5 is checked (once per file: a ``<name>.verified`` stamp keyed by its
-   size and mtime spares re-hashing a 138 GB tar on a rerun); a mismatch names the file and fetches it
-   again once, then stops with the fix;
+2. each file's published size and sha256/md5 (or, for a file pinned in a git repository, its git blob
+   id ``RemoteFile.git_sha1``) is checked (once per file: a ``<name>.verified`` stamp keyed by its size
+   and mtime spares re-hashing a 138 GB tar on a rerun); a mismatch names the file and fetches it
+   again once, then stops with the fix. A file with none of these follows the unpublished-checksum
+   rule of ``stages.data.prepare_routes._checks``;
 3. files behind a login or a browser (``RemoteFile.manual``: ImageNet's licence, Google Drive) are
    never fetched: when any is missing, one error lists every missing file with its manual step and
    the folder to put it in;
@@ -17,7 +19,9 @@ Puts one benchmark under the data root in the layout its adapter reads, from its
    against the dataset's manifest (``stages.data.verify``, listing only), and only then renamed
    into place: an interrupted prepare never leaves a half-arranged dataset under its real name.
 
-A dataset that is already in place and verifies is left alone (a no-op, said so). ``--mirror URL``
+A dataset whose adapter also reads another dataset's files (``PrepareRoute.requires``: cifar10.02
+reads cifar10's test_batch) has those prepared first. A dataset that is already in place and
+verifies is left alone (a no-op, said so). ``--mirror URL``
 (or ``STAGES_DATA_MIRROR``) replaces every source's scheme and host and keeps its path: a site
 mirror serves each file at its official URL's path (docs/evaluation.md lists them), and with a mirror
 even the manual files are fetched from it. Errors are one ``DatasetError`` naming the file and the fix.
@@ -25,7 +29,6 @@ even the manual files are fetched from it. Errors are one ``DatasetError`` namin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,16 +40,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from stages.data.routes import PrepareRoute, RemoteFile, prepare_routes
-from stages.data.source import DatasetError
-from stages.io import atomic_write_json
+from stages.data.source import DatasetError, dataset_layouts
+from stages.io import atomic_write_json, file_digest
 
 if TYPE_CHECKING:
     from stages.data.verify import DatasetReport
 
 DOWNLOADS = ".downloads"
 MIRROR_ENV = "STAGES_DATA_MIRROR"
-CHUNK_BYTES = 1 << 20
-"""Bytes per read when hashing."""
 STREAM_BYTES = 1 << 16
 """Bytes per network read: a dropped connection loses at most this much of what arrived."""
 ATTEMPTS = 5
@@ -80,21 +81,25 @@ def mirror_url(url: str, name: str, mirror: str | None) -> str:
     return mirror.rstrip("/") + path
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in chunks (hashlib's md5 or sha256)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file's bytes (``git hash-object``): sha1 of ``b"blob <size>\\0"`` + content."""
+    return file_digest(path, "sha1", f"blob {os.path.getsize(path)}\0".encode())
+
+
+CHECKSUMS: dict[str, Callable[[Path], str]] = {
+    "sha256": lambda path: file_digest(path, "sha256"),
+    "md5": lambda path: file_digest(path, "md5"),
+    "git_sha1": git_blob_sha1,
+}
+"""``RemoteFile`` checksum field -> how to compute it, in order of preference."""
 
 
 def _expected(file: RemoteFile) -> tuple[str, str] | None:
-    """(algorithm, lower-case digest) the file must have; sha256 preferred (None: nothing published)."""
-    if file.sha256:
-        return "sha256", file.sha256.lower()
-    if file.md5:
-        return "md5", file.md5.lower()
+    """(checksum field, lower-case digest) the file must have, the first of ``CHECKSUMS`` it publishes (None: none)."""
+    for field in CHECKSUMS:
+        digest = getattr(file, field)
+        if digest:
+            return field, digest.lower()
     return None
 
 
@@ -119,7 +124,7 @@ def checksum_problem(file: RemoteFile, path: Path) -> str | None:
     except (OSError, ValueError):
         pass
     print(f"checking {algorithm} of {path} ...", file=sys.stderr)
-    found = _digest(path, algorithm)
+    found = CHECKSUMS[algorithm](path)
     if found != digest:
         return f"{path}: {algorithm} {found}, the release has {digest}"
     try:
@@ -236,12 +241,8 @@ def gather_files(route: PrepareRoute, data_root: Path, from_dir: Path | None = N
 
 def prepare(dataset: str, data_root: Path, mirror: str | None = None, from_dir: Path | None = None,
             route: PrepareRoute | None = None, session: object | None = None, progress: bool = True) -> str:
-    """Prepare `dataset` under `data_root` (see the module docstring); return what was done, in one line."""
-    from filelock import FileLock
-
-    from stages.data.manifest import load_manifest
-    from stages.data.verify import verify_dataset
-
+    """Prepare `dataset` under `data_root` (see the module docstring), the datasets its route requires first;
+    return what was done, one line per dataset."""
     data_root = Path(data_root)
     route = route or get_route(dataset)
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
@@ -249,6 +250,19 @@ def prepare(dataset: str, data_root: Path, mirror: str | None = None, from_dir: 
     if from_dir is not None and not from_dir.is_dir():
         raise DatasetError(f"--from {from_dir}: no such folder (it should hold the downloaded {route.dataset} files: "
                            f"{', '.join(file.name for file in route.files)})")
+    lines = [prepare(required, data_root, mirror, from_dir, session=session, progress=progress)
+             for required in route.requires]
+    return "\n".join([*lines, _prepare_one(dataset, route, data_root, mirror, from_dir, session, progress)])
+
+
+def _prepare_one(dataset: str, route: PrepareRoute, data_root: Path, mirror: str | None, from_dir: Path | None,
+                 session: object | None, progress: bool) -> str:
+    """Prepare `dataset` alone, its required datasets in place; return what was done, in one line."""
+    from filelock import FileLock
+
+    from stages.data.manifest import load_manifest
+    from stages.data.verify import verify_dataset
+
     final = data_root / route.folder
     (data_root / DOWNLOADS).mkdir(parents=True, exist_ok=True)
     with FileLock(data_root / DOWNLOADS / f"{dataset}.lock"):
@@ -277,6 +291,11 @@ def _arrange(route: PrepareRoute, files: dict[str, Path], data_root: Path,
         shutil.rmtree(staging)  # left by an interrupted prepare: arrange starts from a fresh folder
     target = staging / route.folder
     target.mkdir(parents=True)
+    links = []
+    for required in route.requires:  # their folders beside it (as links), so that its verify can read them
+        folder = dataset_layouts()[required].locate(data_root)
+        links.append(staging / folder.name)
+        links[-1].symlink_to(folder.resolve(), target_is_directory=True)
     print(f"{route.dataset}: arranging into {target} ...", file=sys.stderr)
     route.arrange(files, target)
     arranged = verify(route.dataset, staging) if verify is not None else None
@@ -284,9 +303,10 @@ def _arrange(route: PrepareRoute, files: dict[str, Path], data_root: Path,
         raise DatasetError(f"{route.dataset}: the arranged folder does not match its manifest:\n{arranged.text(fix=False)}\n"
                            f"It is left at {target} for inspection; the archives are in {data_root / DOWNLOADS}")
     os.rename(target, data_root / route.folder)
+    for link in links:
+        link.unlink()
     staging.rmdir()
     return arranged
-    return f"{dataset}: prepared under {final} ({arranged.summary()})"
 
 
 def prepare_all(datasets: Iterable[str], data_root: Path, mirror: str | None = None,

@@ -38,8 +38,8 @@ class RemoteFile:
     """Set for files behind a login or a browser (Kaggle, Google Drive, licence forms): the exact manual step."""
     git_sha1: str | None = None
     """For a file served from a git repository at a pinned commit, whose release publishes no md5/sha256: its
-    git blob id (``git hash-object``, as the repository tree lists it); ``prepare_routes._checks.git_blob_sha1``
-    computes it for a downloaded file."""
+    git blob id (``git hash-object``, as the repository tree lists it), which ``stages.data.prepare`` checks
+    (``prepare.git_blob_sha1``) as it checks md5 and sha256."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class PrepareRoute:
     """The dataset's folder under the data root (its layout's first folder name)."""
     note: str = ""
     """Anything a user must know (licence, which files are manual)."""
+    requires: tuple[str, ...] = ()
+    """Datasets whose folders this one's adapter also reads (cifar10.02: cifar10's test_batch): ``prepare``
+    prepares them first, and ``verify`` names them when this one falls short."""
 
 
 _ROUTES: dict[str, PrepareRoute] = {}

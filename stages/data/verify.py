@@ -26,11 +26,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.data.layout import IMAGE_EXTENSIONS
 from stages.data.manifest import SplitCounts, load_manifest
 from stages.data.source import DatasetError, LabeledImages, build_dataset, dataset_layouts
+
+if TYPE_CHECKING:
+    from stages.data.routes import PrepareRoute
 
 OWN_DATA = ("imagefolder", "csv", "webdataset")
 """Datasets that are the user's own: no manifest, a class-consistency check instead."""
@@ -43,15 +46,17 @@ SHOWN = 5
 """Class names shown per problem (then a count)."""
 
 
+def _route(dataset: str) -> PrepareRoute | None:
+    """`dataset`'s prepare route (None: it has none)."""
+    from stages.data.prepare import load_routes
+
+    return load_routes().get(dataset)
+
+
 def prepare_command(dataset: str, data_root: Path) -> str:
     """The command that (re)builds `dataset` under `data_root` (``--from DIR`` where files are manual)."""
     command = f"python -m stages.data prepare --dataset {dataset} --data-root {shlex.quote(str(data_root))}"
-    try:
-        from stages.data.prepare import load_routes
-
-        route = load_routes().get(dataset)
-    except ImportError:
-        route = None
+    route = _route(dataset)
     if route is not None and any(file.manual for file in route.files):
         command += f" --from DIR   (DIR: the folder holding {', '.join(f.name for f in route.files if f.manual)})"
     return command
@@ -75,6 +80,8 @@ class SplitReport:
             found = "not readable"
         elif self.expected is None:
             found = f"{self.images:,} images in {self.classes:,} classes"
+        elif self.expected.classes is None:  # only the label set is published, not the classes per split
+            found = f"{self.images:,} of {self.expected.images:,} images, {self.classes:,} classes"
         else:
             found = (f"{self.images:,} of {self.expected.images:,} images, "
                      f"{self.classes:,} of {self.expected.classes:,} classes")
@@ -157,7 +164,7 @@ def _split_report(dataset: str, source: LabeledImages, expected: SplitCounts | N
     if report.images != expected.images:
         report.problems.append(f"{'SHORT by' if report.images < expected.images else 'more than the release by'} "
                                f"{abs(expected.images - report.images):,} images")
-    if report.classes != expected.classes:
+    if expected.classes is not None and report.classes != expected.classes:
         absent = [label for label in range(len(source.classnames)) if label not in per_label]
         report.problems.append(f"missing {len(absent)} classes: {_shown(_names(absent, source.classnames))}" if absent
                                else f"{report.classes} classes, the release has {expected.classes}")
@@ -170,8 +177,23 @@ def _split_report(dataset: str, source: LabeledImages, expected: SplitCounts | N
 
 
 def verify_dataset(dataset: str, data_root: Path, decode: bool = False, workers: int | None = None) -> DatasetReport:
-    """Check every split of `dataset`'s manifest under `data_root` (listing only; `decode`: every image too)."""
-    data_root = Path(data_root)
+    """Check every split of `dataset`'s manifest under `data_root` (listing only; `decode`: every image too).
+
+    When it falls short, each dataset its route requires (``PrepareRoute.requires``) that does not
+    verify either is named with the command that prepares it.
+    """
+    report = _verify_manifest(dataset, Path(data_root), decode, workers)
+    if not report.ok:
+        route = _route(dataset)
+        for required in route.requires if route is not None else ():
+            if not verify_dataset(required, data_root).ok:
+                report.problems.append(f"reads {required}'s files too, and {required} does not verify: "
+                                       f"{prepare_command(required, data_root)}")
+    return report
+
+
+def _verify_manifest(dataset: str, data_root: Path, decode: bool, workers: int | None) -> DatasetReport:
+    """``verify_dataset`` of `dataset` alone."""
     manifest = load_manifest(dataset)
     if manifest is None:
         raise DatasetError(f"{dataset}: no manifest (stages/data/manifests/{dataset}.json); your own data is "

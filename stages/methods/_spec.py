@@ -31,6 +31,9 @@ class MethodSpec:
       ``spurious.suffix`` is ``spurious``).
     - ``has_head``: it trains a linear head over image features (checkpointed; evaluation scores
       the train set's classes with it).
+    - ``moving_teacher``: its teacher changes during training (CaRot's EMA), so the resumable
+      checkpoint carries the teacher's weights too (a frozen teacher is rebuilt from the pretrained
+      weights); the disk plan (``python -m stages.plan``) counts it.
     - ``options``: the model of its ``options.<name>`` config block, or None.
     - ``check``: warnings about a config that is valid but probably not what was meant.
     """
@@ -42,6 +45,7 @@ class MethodSpec:
     uses_lambda: bool = False
     uses_spurious: bool = False
     has_head: bool = False
+    moving_teacher: bool = False
     options: type[Strict] | None = None
     check: Callable[[TrainConfig], list[str]] | None = None
 

@@ -29,7 +29,8 @@ class CarotOptions(Strict):
 
 
 @register_method(MethodSpec(name="carot", display="CaRot", summary="FLYP + EMA self-distillation + projection "
-                            "penalties; trains both towers and the scale", options=CarotOptions))
+                            "penalties; trains both towers and the scale", moving_teacher=True,
+                            options=CarotOptions))
 class CaRot(Method):
     """The EMA schedule is the one of CaRot's ``src/models/carot_loss.py``: its loop index ``t`` counts
     optimiser steps from 0, the teacher is updated after the optimiser step of every ``t`` with

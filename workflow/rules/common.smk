@@ -27,8 +27,11 @@ EVAL_EXECUTION = " ".join(
 
 
 def train_execution(wildcards, resources) -> str:
-    """TRAIN_EXECUTION, as a params function snakemake does not record (it takes `resources`)."""
-    return TRAIN_EXECUTION
+    """TRAIN_EXECUTION, as a params function snakemake does not record (it takes `resources`).
+
+    --exit-with-parent: a job ended outright (snakemake killed, SLURM's SIGKILL to the job's shell)
+    never leaves its trainer running beside the next attempt."""
+    return f"{TRAIN_EXECUTION} --exit-with-parent"
 
 
 def eval_execution(wildcards, resources) -> str:
@@ -73,16 +76,40 @@ def demo_inputs(wildcards) -> list[str]:
 
 
 def train_resources() -> dict:
-    """SLURM geometry of a train job: its GPUs, or, over several nodes, one srun task per GPU."""
+    """SLURM geometry of a train job (its GPUs, or, over several nodes, one srun task per GPU) and its
+    warning signal before the time limit."""
     train = WF.resources.train
+    # Not `B:` (the batch shell only: the plugin's `sbatch --wrap` shell is /bin/sh, which dies of it
+    # and takes the job down) and not USR1 (SLURM sends it to every process of the job step, the
+    # jobstep's snakemake included, which has no handler for it and dies): SIGTERM, which snakemake
+    # takes as "finish the running job", the trainer as "checkpoint and exit 75" (docs/workflow.md,
+    # "Interrupted training jobs"). The executor ignores slurm_extra outside SLURM.
+    # --open-mode=append: the job's SLURM log keeps every instance of a requeued job, not only the last.
+    warning = f" --signal=TERM@{train.signal_lead_s}" if train.signal_lead_s else ""
+    signal = {"slurm_extra": f"--open-mode=append{warning}"}
     if train.nodes == 1:
-        return {"gpu": train.gpu}
+        return {"gpu": train.gpu, **signal}
     # `mpi: srun` makes the jobstep plugin run the command in the batch step, where srun starts the ranks.
     geometry = {"tasks_per_node": train.gpu} if train.gpu > 1 else {"tasks": train.nodes}
-    return {"nodes": train.nodes, "gres": f"gpu:{train.gpu}", "mpi": "srun", **geometry}
+    return {"nodes": train.nodes, "gres": f"gpu:{train.gpu}", "mpi": "srun", **geometry, **signal}
 
 
 def launcher(wildcards, resources, threads) -> str:
+    """The train job's command up to the module: ``exec python -m stages.requeue ... --`` (the job's shell
+    becomes the supervisor that requeues an interrupted SLURM job, stages/requeue.py), then the trainer's
+    interpreter: python; torchrun over the job's GPUs (DDP inside one node); or srun, one rank per GPU, over nodes.
+
+    A params function of `resources`, which snakemake does not record: the rule's command text stays
+    as it was, so finished runs do not rerun for it (docs/workflow.md, "When a job reruns").
+    """
+    # Requeue only a job of a cluster executor (remote mode; stages.requeue also needs $SLURM_JOB_ID):
+    # a local run inside someone's salloc or batch script is theirs to restart.
+    slurm = " --slurm" if workflow.remote_exec else ""
+    supervisor = f"exec python -m stages.requeue{slurm} --run-dir {shlex.quote(run_dir(wildcards))} --"
+    return f"{supervisor} {trainer_launcher(resources, threads)}"
+
+
+def trainer_launcher(resources, threads) -> str:
     """python; torchrun over the job's GPUs (DDP inside one node); or srun, one rank per GPU, over nodes."""
     train = WF.resources.train
     if train.nodes > 1:  # geometry spelled out: the jobstep plugin strips SLURM_* before the shell runs

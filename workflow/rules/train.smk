@@ -4,6 +4,15 @@
 # (rewritten, and the run retrained, only when what the run computes changes); train calls
 # `python -m stages.training` on it with the execution settings as --set options (train_execution).
 # best.pt is the only declared output: ckpt/last.pt survives a failed attempt, so a retry resumes.
+#
+# Interruptions (docs/workflow.md, "Interrupted training jobs"): the job's shell execs
+# `python -m stages.requeue` (params.launcher), which runs the trainer. SIGTERM/SIGUSR1/SIGINT make
+# the trainer finish its step, checkpoint and exit 75. Under the SLURM executor the job then
+# requeues itself (same job id: the executor keeps tracking it, no `retries` are spent, SLURM never
+# runs two instances of one job); SLURM sends the SIGTERM resources.train.signal_lead_s before the
+# time limit (slurm_extra, train_resources). Under the local executor the job fails with
+# "interrupted, resumable: rerun the same command to resume": there the signal came from the
+# user (Ctrl-C, kill), who asked to stop, not to go on.
 
 
 localrules:

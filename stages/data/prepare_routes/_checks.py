@@ -7,7 +7,8 @@ a checksum is never made up. Instead
 1. the download is checked against the published compressed size where the release has one
    (``RemoteFile.size``: WILDS publishes it for iWildCam and FMoW), and files served from a git
    repository at a pinned commit carry their git blob id (``RemoteFile.git_sha1``), a content
-   hash GitHub publishes in the repository tree;
+   hash GitHub publishes in the repository tree, which ``stages.data.prepare`` checks as it
+   checks a published md5 or sha256;
 2. the archive is decompressed to its end (gzip CRC-32 trailer, zip per-member CRC-32), so a
    truncated or corrupted download fails to extract;
 3. ``arrange`` cross-checks the release's own metadata file with the extracted files: every
@@ -19,14 +20,11 @@ Each route's ``note`` says which of these apply to it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from stages.data.source import DatasetError
-
-HASH_BYTES = 1 << 20
 
 
 def require_files(target: Path, relative: Iterable[str], source: str) -> None:
@@ -52,12 +50,3 @@ def require_images(base: Path, relative: Iterable[str], metadata: Path | str) ->
                            f"(first: {', '.join(missing[:3])}) under {base}; the download is incomplete: delete "
                            "it and download it again")
     return count
-
-
-def git_blob_sha1(path: Path) -> str:
-    """The git blob id of a file's bytes (``git hash-object``): sha1 of ``b"blob <size>\\0"`` + content."""
-    digest = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

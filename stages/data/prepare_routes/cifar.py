@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.prepare_routes._archive import extract_tar, link_or_copy
+from stages.data.archives import extract_tar, link_or_copy
 from stages.data.prepare_routes._checks import require_files
 from stages.data.routes import PrepareRoute, RemoteFile, register_route
 from stages.data.source import DatasetError
@@ -90,9 +90,9 @@ register_route(PrepareRoute(
     note="CIFAR-100 python version (www.cs.toronto.edu/~kriz/cifar.html).",
 ))
 register_route(PrepareRoute(
-    dataset="cifar10.02", files=(CIFAR102_FILE,), arrange=arrange_cifar102, folder="CIFAR-10.2",
-    note="CIFAR-10.02 = the CIFAR-10 test set + the CIFAR-10.2 test set: prepare cifar10 as well (its "
+    dataset="cifar10.02", files=(CIFAR102_FILE,), arrange=arrange_cifar102, folder="CIFAR-10.2", requires=("cifar10",),
+    note="CIFAR-10.02 = the CIFAR-10 test set + the CIFAR-10.2 test set: cifar10 is prepared first (its "
          "cifar-10-batches-py/test_batch is the first 10,000 images). CIFAR-10.2 publishes no md5/sha256; its file "
          f"is pinned to commit {CIFAR102_COMMIT[:7]} of github.com/modestyachts/cifar-10.2 and checked by its git "
-         "blob id, the zip CRCs and the array shapes (stages/data/prepare_routes/_checks.py).",
+         "blob id, the zip CRCs and the array shapes.",
 ))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.data.layout import data_file, read_csv
-from stages.data.prepare_routes._archive import extract_tar, extract_zip
+from stages.data.archives import extract_tar, extract_zip
 from stages.data.prepare_routes._checks import require_files, require_images
 from stages.data.routes import PrepareRoute, RemoteFile, register_route
 

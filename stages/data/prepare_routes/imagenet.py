@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.data.archives import extract_tar, extract_zip, iter_tar, member_path
+from stages.data.archives import extract_tar, extract_zip, member_path, open_tar
 from stages.data.imagenet import DEVKIT_DATA, IMAGENET, _val_wnids_from_devkit, imagenet_classes
 from stages.data.routes import ArrangeFn, PrepareRoute, RemoteFile, register_route
 from stages.data.source import DatasetError
@@ -32,8 +32,8 @@ VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
 _IMAGENET_URL = "https://image-net.org/data/ILSVRC/2012/"
 _IMAGENET_MANUAL = ("log in at https://image-net.org (ILSVRC 2012, accept the terms of access) and download it "
-                    "from " + _IMAGENET_URL + "{}; Kaggle's imagenet-object-localization-challenge is a different "
-                    "archive and is not accepted here")
+                    "from " + _IMAGENET_URL + "{}, put the three archives in a folder DIR and pass --from DIR; Kaggle's "
+                    "imagenet-object-localization-challenge is a different archive and is not accepted here")
 _HENDRYCKS = "https://people.eecs.berkeley.edu/~hendrycks/"
 
 
@@ -55,9 +55,9 @@ def _train(archive: Path, target: Path) -> None:
     from tqdm import tqdm
 
     wnids = set(imagenet_classes()[0])
-    with tqdm(total=len(wnids), desc="imagenet train classes", unit="class") as bar:
-        for outer, member in iter_tar(archive):
-            name = member_path(archive, member.name)
+    with open_tar(archive) as outer, tqdm(total=len(wnids), desc="imagenet train classes", unit="class") as bar:
+        for member in outer:
+            name = member_path(str(archive), member.name)
             if name is None or member.isdir():
                 continue
             wnid = name[:-len(".tar")] if name.endswith(".tar") else None
@@ -66,7 +66,7 @@ def _train(archive: Path, target: Path) -> None:
                                    "archives of the official train tar; download ILSVRC2012_img_train.tar again")
             inner = outer.extractfile(member)
             assert inner is not None  # a regular member
-            extract_tar(inner, target / "train" / wnid, name=f"{archive}:{member.name}")
+            extract_tar(inner, target / "train" / wnid, label=f"{archive}:{member.name}")
             bar.update(1)
 
 
@@ -80,7 +80,7 @@ def _val(archive: Path, target: Path, wnid_of: dict[str, str]) -> None:
                                "download ILSVRC2012_img_val.tar again")
         return f"val/{wnid_of[image_id]}/{relative}"
 
-    extract_tar(archive, target, destination=destination)
+    extract_tar(archive, target, rename=destination)
 
 
 def arrange_imagenet(files: dict[str, Path], target: Path) -> None:
@@ -98,6 +98,13 @@ def _strip_tar(top: str) -> ArrangeFn:
         extract_tar(archive, target, strip=top)
 
     return arrange
+
+
+def _hendrycks(dataset: str, md5: str, sha256: str, size: int) -> PrepareRoute:
+    """The route of ``<dataset>.tar`` from Hendrycks' page, whose top folder ``<dataset>/`` is the dataset's folder."""
+    name = f"{dataset}.tar"
+    return PrepareRoute(dataset=dataset, folder=dataset, arrange=_strip_tar(dataset),
+                        files=(RemoteFile(name, _HENDRYCKS + name, md5=md5, sha256=sha256, size=size),))
 
 
 def arrange_sketch(files: dict[str, Path], target: Path) -> None:
@@ -120,20 +127,10 @@ register_route(PrepareRoute(
     note="ImageNet's licence allows no automatic download: pass the folder holding the three archives as --from DIR "
          "(about 147 GB; the arranged copy needs as much again).",
 ))
-register_route(PrepareRoute(
-    dataset="imagenet-r",
-    folder="imagenet-r",
-    files=(RemoteFile("imagenet-r.tar", _HENDRYCKS + "imagenet-r.tar", md5="a61312130a589d0ca1a8fca1f2bd3337",
-                      sha256="18c6bf493b39a0d975d48e587437f562caab9c52ae6327dcfa9dd8eb54aa1b52", size=2191079936),),
-    arrange=_strip_tar("imagenet-r"),
-))
-register_route(PrepareRoute(
-    dataset="imagenet-a",
-    folder="imagenet-a",
-    files=(RemoteFile("imagenet-a.tar", _HENDRYCKS + "imagenet-a.tar", md5="c3e55429088dc681f30d81f4726b6595",
-                      sha256="3bb3632277e6ba6392ea64c02ddbf4dd2266c9caffd6bc09c9656d28f012589e", size=687552512),),
-    arrange=_strip_tar("imagenet-a"),
-))
+register_route(_hendrycks("imagenet-r", md5="a61312130a589d0ca1a8fca1f2bd3337",
+                          sha256="18c6bf493b39a0d975d48e587437f562caab9c52ae6327dcfa9dd8eb54aa1b52", size=2191079936))
+register_route(_hendrycks("imagenet-a", md5="c3e55429088dc681f30d81f4726b6595",
+                          sha256="3bb3632277e6ba6392ea64c02ddbf4dd2266c9caffd6bc09c9656d28f012589e", size=687552512))
 register_route(PrepareRoute(
     dataset="imagenetv2",
     folder="ImageNetV2-matched-frequency",
@@ -150,6 +147,7 @@ register_route(PrepareRoute(
                       sha256="4d3ce6b82a7c48aabf14aeac105eb533e75707f152cc858f55bfc022031a72ed", size=7593573012,
                       manual="open https://drive.google.com/open?id=1Mj0i5HBthqH1p_yeXzsg22gZduvgoNeA "
                              "(github.com/HaohanWang/ImageNet-Sketch) in a browser and download ImageNet-Sketch.zip "
-                             "(7.6 GB; Google Drive asks to confirm large files, which scripts cannot do)"),),
+                             "(7.6 GB; Google Drive asks to confirm large files, which scripts cannot do), put it in a "
+                             "folder DIR and pass --from DIR"),),
     arrange=arrange_sketch,
 ))

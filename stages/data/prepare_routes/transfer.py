@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from stages.data.layout import data_file, mat_variable
-from stages.data.prepare_routes._archive import extract_tar, extract_zip, hoist, link_or_copy, zip_member
+from stages.data.archives import extract_tar, extract_zip, hoist, link_or_copy, zip_member
 from stages.data.prepare_routes._checks import require_files, require_images
 from stages.data.routes import PrepareRoute, RemoteFile, register_route
 from stages.data.source import DatasetError

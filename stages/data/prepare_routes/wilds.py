@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stages.data.layout import read_csv
-from stages.data.prepare_routes._archive import extract_tar
+from stages.data.archives import extract_tar
 from stages.data.prepare_routes._checks import require_files, require_images
 from stages.data.routes import PrepareRoute, RemoteFile, register_route
 
@@ -29,7 +29,8 @@ FMOW_FILE = RemoteFile(
 )
 UNPUBLISHED = ("WILDS publishes no checksum (wilds saves this archive as archive.tar.gz): checked by the published "
                "compressed size, the gzip CRC, {marker} and every image of {metadata} being in the archive, then by "
-               "verify. Manifest 'classes' = the {classes}-class label set (classes present per split are not published).")
+               "verify. The manifest's 'classes' is null: the label set has {classes} classes, and which of them each split "
+               "holds is not published.")
 
 
 def arrange_iwildcam(files: dict[str, Path], target: Path) -> None:
