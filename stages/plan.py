@@ -43,7 +43,9 @@ from stages.strict import Strict
 from stages.descriptors.bank import BankError, load_bank
 from stages.evaluation.benchmarks import BENCHMARKS
 from stages.methods import method_spec
-from stages.rundir import EvalRequest, RunDir, run_slots, uses_bank
+from stages.cli import command
+from stages.errors import read_yaml
+from stages.rundir import BEST, CHECKPOINTS, LAST, EvalRequest, RunDir, run_slots, uses_bank
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -510,15 +512,16 @@ def disk_report(config: WorkflowConfig, jobs: int) -> str:
         f"final (all runs finished): {_size(final)}",
         f"peak with {jobs} training job(s) at once: {_size(final + sum(extra[:jobs]))}"
         f" (every run at once: {_size(final + sum(extra))})",
-        "per run: final = best.pt (save_dtype) [+ ckpt/last.pt if keep_checkpoints]; peak = best.pt + one "
+        f"per run: final = {BEST} (save_dtype) [+ {CHECKPOINTS}/{LAST} if keep_checkpoints]; peak = {BEST} + one "
         "resumable checkpoint (fp32 weights + 2 AdamW moments [+ moving teacher]) + the one being written",
     ]
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """``python -m stages.plan --config Y [--jobs N]``: the disk plan (errors: one line, exit 2, stages.cli)."""
     import argparse
-    import sys
 
     from stages.config import validate_workflow_config
 
@@ -531,13 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    try:
-        raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-        config = validate_workflow_config(raw, str(args.config))
-        print(disk_report(config, args.jobs))
-    except (OSError, yaml.YAMLError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = validate_workflow_config(read_yaml(args.config, "workflow config") or {}, str(args.config))
+    print(disk_report(config, args.jobs))
     return 0
 
 

@@ -37,6 +37,7 @@ method and every RNG state. A head maps L2-normalised image features to logits:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from filelock import SoftFileLease
 
     from stages.models.factory import LoadedModel
+
+log = logging.getLogger(__name__)
 
 # The slots of a run directory, in path order; the workflow's wildcards carry the same names.
 SLOTS = ("arch", "train_set", "method", "variant", "bank_concept", "lam", "seed")
@@ -400,7 +403,7 @@ class RunDir:
                 problems.append(f"{path} is not a resumable checkpoint (no optimiser state)")
                 continue
             if problems:
-                print(f"warning: {problems[0]}; resuming from the previous checkpoint {path} instead")
+                log.warning("warning: %s; resuming from the previous checkpoint %s instead", problems[0], path)
             return state
         if problems:
             raise ModelLoadError(f"cannot resume {self.path}: {'; '.join(problems)}. Fix: delete {self.last.parent} "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ from stages.cli import command
 from stages.rundir import ALPHA, BEST, INDEX, RECORD, EvalRequest, RunDir, index_path
 
 
+log = logging.getLogger(__name__)
 CROPS_PREFIX = ".crops-"
 """Name prefix of the temporary crop caches inside a run's eval folder (ImageNet val: about 7.5 GB each)."""
 
@@ -260,7 +262,7 @@ def evaluate_requests(
     pending = {name: (request.benchmark, request.alpha) for name, request in parsed.items()
                if not is_current(targets[name], request.benchmark, {**identity, "alpha": request.alpha})}
     for name in sorted(set(parsed) - set(pending)):
-        print(f"{name}: kept {targets[name]} (same checkpoint and alpha)")
+        log.info("%s: kept %s (same checkpoint and alpha)", name, targets[name])
     alphas = sorted({alpha for _, alpha in pending.values()}, key=lambda alpha: (alpha is not None, alpha or 0.0))
     sources: dict[str, LabeledImages] = {}
     # A private crop cache for this process's alphas; one left by a killed evaluation is removed (scratch_dir).
@@ -278,7 +280,7 @@ def evaluate_requests(
                                    device=device, image_cache=None if crops is None else Path(crops),
                                    source=sources[benchmark])
                 atomic_write_json(targets[name], payload)
-                print(f"{name}: {summary(payload)} -> {targets[name]}")
+                log.info("%s: %s -> %s", name, summary(payload), targets[name])
     return {"requests": [{"request": name, "file": targets[name].name, "sha256": sha256_file(targets[name]),
                           "computed": name in pending} for name in parsed]}
 
