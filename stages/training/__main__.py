@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.rundir import RunDir
     from stages.training.interrupt import EXIT_INTERRUPTED, RunInterrupted
     from stages.training.loop import train
+    from stages.training.tracking import require_backends
 
     try:
         config = TrainConfig() if args.config is None else load_train_config(args.config,
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
             return 0
         run_dir = RunDir(args.out) if args.out is not None else RunDir.of(config, args.results)
+        require_backends(config.tracking)  # before the run starts, not at its first step
         best = train(config, run_dir, force=args.force, watch_parent=args.exit_with_parent)
     except RunInterrupted as interrupted:  # not an error: resumable (every error's path is stages.cli.command's)
         print(f"interrupted: {interrupted}", file=sys.stderr)

@@ -61,13 +61,24 @@ class Tracker:
         self._tensorboard = self._wandb = None
 
 
-def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
-    """Start (or resume, with the id stored in the run dir) the W&B run of `run_dir`."""
+def require_backends(backends: list[str]) -> None:
+    """Fail before anything starts when a listed tracker cannot be (a `TrackingError` naming the setting and the fix)."""
+    if "wandb" in backends:
+        _import_wandb()
+
+
+def _import_wandb() -> Any:
     try:
         import wandb
-    except ImportError as error:
+    except ImportError:
         raise TrackingError("tracking: wandb is listed but the wandb package is not installed; "
-                            "pip install wandb, or drop wandb from tracking") from error
+                            "pip install wandb, or drop wandb from tracking") from None
+    return wandb
+
+
+def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
+    """Start (or resume, with the id stored in the run dir) the W&B run of `run_dir`."""
+    wandb = _import_wandb()
     id_file = run_dir.wandb_id
     if id_file.is_file():
         run_id = id_file.read_text().strip()
