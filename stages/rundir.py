@@ -1,7 +1,7 @@
 """The run directory: its path from a run's slots, every file in it, its run record and its weights.
 
 With its evaluation requests (`EvalRequest`, stages/evalrequest.py), the only code that knows
-run-directory paths and file names (docs/workflow.md, "Where files go"; docs/evaluation.md; a test,
+run-directory paths and file names (docs/workflow.md, "Paths"; docs/evaluation.md; a test,
 tests/test_rundir_owner.py, fails on a run's file name spelled anywhere else); training, evaluation,
 export, plan, reports and the workflow's rules use it::
 
