@@ -16,7 +16,7 @@ from snakemake.utils import min_version
 
 from stages import plan
 from stages.config import ConfigError, validate_workflow_config
-from stages.rundir import PATTERN, RunDir
+from stages.rundir import PATTERN, EvalRequest, RunDir
 
 min_version("9.0")
 
@@ -57,7 +57,7 @@ print("archs planned:", ", ".join(sorted({f"{run.model.name} ({run.model.pretrai
 # One run directory, slot by slot (stages/rundir.py): <arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>,
 # and its files as wildcard patterns (RUN_DIR.best, RUN_DIR.train_yaml, ...); logs use the same slots.
 RUN = PATTERN
-RUN_DIR = RunDir(WF.results / "runs" / PATTERN)
+RUN_DIR = RunDir.pattern(WF.results)
 
 
 wildcard_constraints:

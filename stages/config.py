@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, model_validator
 
+from stages.errors import ConfigError, read_yaml, validation_summary
 from stages.methods import method_spec, option_models
 from stages.strict import Strict
 
@@ -38,10 +38,6 @@ def _registered(name: str) -> str:
 MethodName = Annotated[str, AfterValidator(_registered),
                        WithJsonSchema({"type": "string", "description": "a registered method (stages/methods/)"})]
 """A registered method's name (stages/methods)."""
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message names the field."""
 
 
 class ModelConfig(Strict):
@@ -256,7 +252,7 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"training config {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "training config") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -570,7 +566,7 @@ class WorkflowConfig(RunSettings):
 
 def validation_message(error: ValidationError) -> str:
     """One line per problem, each naming the config key (dotted path) and pydantic's reason."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in error.errors())
+    return validation_summary(error)
 
 
 def validate_workflow_config(raw: dict[str, Any], source: str = "config") -> WorkflowConfig:

@@ -22,8 +22,10 @@ from typing import IO, Any
 
 from filelock import SoftFileLease, Timeout
 
+from stages.errors import PipelineError
 
-class DiskFullError(OSError):
+
+class DiskFullError(PipelineError, OSError):
     """A write ran out of space; the file it would have replaced is intact."""
 
 

@@ -6,9 +6,9 @@ plans are exactly the files a report reads:
 - a table's runs are its grid (``table_runs``: one ``TrainConfig`` per arch, train set, method,
   variant, bank, concept, λ and seed); a run dir is ``RunDir.of`` (stages/rundir.py); a method
   that does not train (zero-shot) is evaluated, never trained;
-- its metrics are ``<run dir>/eval/<benchmark>.json`` and, for WiSE-FT,
-  ``<run dir>/eval/<benchmark>@alpha<α>.json``, all written by one evaluation job per run, which
-  also writes ``<run dir>/eval/index.json`` (the job's declared output);
+- its metrics are one file per `EvalRequest` (benchmark, WiSE-FT α) of the run (``RunDir.metrics``),
+  all written by one evaluation job per run, which also writes the run's evaluation index
+  (``RunDir.eval_index``, the job's declared output);
 - a table cell is (row, seed, run, α) and reads one metrics file per column.
 """
 
@@ -41,9 +41,11 @@ from stages.config import (
 from stages.data.source import DatasetError, available_datasets, dataset_layouts
 from stages.strict import Strict
 from stages.descriptors.bank import BankError, load_bank
-from stages.evaluation.benchmarks import BENCHMARKS, request_name
+from stages.evaluation.benchmarks import BENCHMARKS
 from stages.methods import method_spec
-from stages.rundir import RunDir, run_slots, uses_bank
+from stages.cli import command
+from stages.errors import read_yaml
+from stages.rundir import BEST, CHECKPOINTS, LAST, EvalRequest, RunDir, run_slots, uses_bank
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -62,9 +64,13 @@ class Cell:
         """The run directory of this cell's run."""
         return RunDir.of(self.run, results)
 
+    def request(self, benchmark: str) -> EvalRequest:
+        """This cell's evaluation of `benchmark` (at its α)."""
+        return EvalRequest(benchmark, self.alpha)
+
     def eval_path(self, results: Path, benchmark: str) -> Path:
         """The metrics JSON of this cell on `benchmark`."""
-        return self.run_dir(results).metrics(request_name(benchmark, self.alpha))
+        return self.run_dir(results).metrics(self.request(benchmark))
 
 
 # --- the grid -------------------------------------------------------------------------------
@@ -155,25 +161,30 @@ def table_cells(config: WorkflowConfig, number: int) -> list[Cell]:
     return cells
 
 
+def table_requests(config: WorkflowConfig, number: int) -> list[tuple[RunDir, EvalRequest]]:
+    """(run dir, request) of every metrics file table `number` is built from (unique, in table order)."""
+    columns = config.tables[number].columns
+    pairs = {(cell.run_dir(config.results), cell.request(column.benchmark)): None
+             for cell in table_cells(config, number) for column in columns if fills(column, cell)}
+    return list(pairs)
+
+
 def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
     """The metrics files table `number` is built from (sorted, unique)."""
-    columns = config.tables[number].columns
-    paths = {cell.eval_path(config.results, column.benchmark) for cell in table_cells(config, number)
-             for column in columns if fills(column, cell)}
-    return sorted(paths)
+    return sorted({run_dir.metrics(request) for run_dir, request in table_requests(config, number)})
 
 
 def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
     """The evaluation indexes of the runs table `number` reads (what the report rule waits for)."""
-    return sorted({RunDir(path.parent.parent).eval_index for path in table_inputs(config, number)})
+    return sorted({run_dir.eval_index for run_dir, _ in table_requests(config, number)})
 
 
 def eval_requests(config: WorkflowConfig) -> dict[str, list[str]]:
-    """Run dir -> every ``<benchmark>[@alpha<α>]`` any table reads of it (sorted): one job evaluates them all."""
+    """Run dir -> every request (``<benchmark>[@alpha<α>]``) any table reads of it, sorted: one job evaluates them all."""
     requests: dict[str, set[str]] = {}
     for number in config.tables:
-        for path in table_inputs(config, number):
-            requests.setdefault(str(path.parent.parent), set()).add(path.stem)
+        for run_dir, request in table_requests(config, number):
+            requests.setdefault(str(run_dir.path), set()).add(str(request))
     return {run_dir: sorted(names) for run_dir, names in requests.items()}
 
 
@@ -191,6 +202,27 @@ def runs_by_dir(config: WorkflowConfig) -> dict[str, TrainConfig]:
 def run_yaml(run: TrainConfig) -> str:
     """The ``train.yaml`` of a run: its config without execution settings (a change there retrains)."""
     return yaml.safe_dump(without_execution(run.model_dump(mode="json")), sort_keys=False)
+
+
+WORKFLOW_EXECUTION = ("workers", "eval_batch_size", "eval_image_cache", "resources")
+"""Workflow settings that change how jobs run, not a number: with the runs' EXECUTION_FIELDS, kept out of what
+the report rules record (`report_config`)."""
+
+
+def report_config(config: WorkflowConfig) -> dict[str, Any]:
+    """The validated config as ``stages.reports`` reads it (``workflow_config.yaml``), without the settings that
+    change no table or figure: the runs' EXECUTION_FIELDS (tracking, log_every, grad_checkpointing, ...;
+    ``data.*`` ones per train set) and WORKFLOW_EXECUTION. A change in those rebuilds no report.
+
+    ``data_root`` stays: Grad-CAM figures read the benchmark's images under it.
+    """
+    dumped = config.model_dump(mode="json")
+    data_fields = {dotted.split(".", 1)[1] for dotted in EXECUTION_FIELDS if dotted.startswith("data.")}
+    neutral = {dotted for dotted in EXECUTION_FIELDS if "." not in dotted} | set(WORKFLOW_EXECUTION)
+    kept = {key: value for key, value in dumped.items() if key not in neutral}
+    kept["train_sets"] = {name: {key: value for key, value in spec.items() if key not in data_fields}
+                          for name, spec in dumped["train_sets"].items()}
+    return kept
 
 
 def execution_overrides(run: TrainConfig) -> list[str]:
@@ -480,15 +512,16 @@ def disk_report(config: WorkflowConfig, jobs: int) -> str:
         f"final (all runs finished): {_size(final)}",
         f"peak with {jobs} training job(s) at once: {_size(final + sum(extra[:jobs]))}"
         f" (every run at once: {_size(final + sum(extra))})",
-        "per run: final = best.pt (save_dtype) [+ ckpt/last.pt if keep_checkpoints]; peak = best.pt + one "
+        f"per run: final = {BEST} (save_dtype) [+ {CHECKPOINTS}/{LAST} if keep_checkpoints]; peak = {BEST} + one "
         "resumable checkpoint (fp32 weights + 2 AdamW moments [+ moving teacher]) + the one being written",
     ]
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """``python -m stages.plan --config Y [--jobs N]``: the disk plan (errors: one line, exit 2, stages.cli)."""
     import argparse
-    import sys
 
     from stages.config import validate_workflow_config
 
@@ -501,13 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    try:
-        raw = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-        config = validate_workflow_config(raw, str(args.config))
-        print(disk_report(config, args.jobs))
-    except (OSError, yaml.YAMLError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = validate_workflow_config(read_yaml(args.config, "workflow config") or {}, str(args.config))
+    print(disk_report(config, args.jobs))
     return 0
 
 

@@ -42,7 +42,7 @@ instance (it sends SIGTERM then SIGKILL at once); past that the requeue did not 
 def resumable_message(reason: str) -> str:
     """The one line a user reads when an interrupted run is not continued for them."""
     return (f"interrupted, resumable: rerun the same command to resume ({reason}; the run's checkpoint "
-            "is at the interrupted step and run.json lists the interruption)")
+            "is at the interrupted step and the run record lists the interruption)")
 
 
 def _log(message: str) -> None:
@@ -55,8 +55,10 @@ def _last_interruption(run_dir: Path | None) -> str:
         return ""
     import json
 
+    from stages.rundir import RunDir  # only after an interruption: torch is not this supervisor's cost otherwise
+
     try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        record = json.loads(RunDir(run_dir).record_path.read_text(encoding="utf-8"))
         last = record["interruptions"][-1]
         return f"{last['reason']} at step {last['step']}"
     except (OSError, ValueError, KeyError, IndexError, TypeError):

@@ -1,7 +1,9 @@
 """The run directory: its path from a run's slots, every file in it, its run record and its weights.
 
-The only code that knows run-directory paths and file names (DESIGN.md, "Scale, hand-off and
-ownership"); training, evaluation, export, plan, reports and the workflow's rules use it::
+With its evaluation requests (`EvalRequest`, stages/evalrequest.py), the only code that knows
+run-directory paths and file names (docs/workflow.md, "Paths"; docs/evaluation.md; a test,
+tests/test_rundir_owner.py, fails on a run's file name spelled anywhere else); training, evaluation,
+export, plan, reports and the workflow's rules use it::
 
     results/runs/<arch>-<pretrained>/<train_set>/<method>/<variant>/<bank>-<concept>/lam<λ>/seed<s>/
         train.yaml            the run's config, execution settings aside (written by the workflow)
@@ -13,7 +15,8 @@ ownership"); training, evaluation, export, plan, reports and the workflow's rule
         ckpt/best_val.pt      best ID-validation weights (select: val); renamed to best.pt at the end
         best.pt               the result's weights, written last: its presence means the run is finished
         .writer.lock          held by the one process training the run (host, pid; .writer.json adds the job id)
-        eval/<benchmark>[@alpha<α>].json, eval/index.json, eval/heads/   evaluation's metrics and caches
+        eval/<benchmark>[@alpha<α>].json   one metrics file per `EvalRequest` (``RunDir.metrics(request)``)
+        eval/index.json, eval/heads/       the evaluation job's index (its declared output), cached heads
 
 ``best.pt`` and ``ckpt/last.pt`` hold (``torch.load(weights_only=True)`` reads both)::
 
@@ -34,6 +37,7 @@ method and every RNG state. A head maps L2-normalised image features to logits:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -47,6 +51,8 @@ import torch
 from pydantic import ValidationError
 
 from stages.config import ConfigError, ModelConfig, TrainConfig, validation_message
+from stages.errors import PipelineError, read_json
+from stages.evalrequest import ALPHA, EVAL_DIR, INDEX, EvalRequest, RequestError, heads_path, index_path  # noqa: F401  (re-exported)
 from stages.io import LEASE_SECONDS, atomic_torch_save, atomic_write_json, lease_lock, lock_holder
 from stages.methods import method_spec
 from stages.strict import Strict
@@ -56,12 +62,18 @@ if TYPE_CHECKING:
 
     from stages.models.factory import LoadedModel
 
+log = logging.getLogger(__name__)
+
 # The slots of a run directory, in path order; the workflow's wildcards carry the same names.
 SLOTS = ("arch", "train_set", "method", "variant", "bank_concept", "lam", "seed")
 PATTERN = "/".join(f"{{{slot}}}" for slot in SLOTS)
 """The run directory under ``<results>/runs`` as a snakemake wildcard pattern."""
+RUNS = "runs"
+"""The folder of run directories under a results root."""
 BEST = "best.pt"
 """The result's weights file (in the run dir), the default checkpoint of evaluation and export."""
+CHECKPOINTS, LAST, PREV, BEST_VAL = "ckpt", "last.pt", "prev.pt", "best_val.pt"
+RECORD, LOG, TRAIN_YAML = "run.json", "train_log.jsonl", "train.yaml"
 
 
 class RunLocked(ConfigError):
@@ -122,7 +134,7 @@ def uses_bank(config: TrainConfig) -> bool:
     return method_spec(config.method).uses_spurious and config.spurious.suffix == "spurious"
 
 
-class NonFiniteCheckpoint(ValueError):
+class NonFiniteCheckpoint(PipelineError, ValueError):
     """A checkpoint about to be written holds NaN or inf: it is never written."""
 
 
@@ -148,19 +160,35 @@ class RunDir:
     @classmethod
     def of(cls, config: TrainConfig, results: Path = Path("results")) -> RunDir:
         """The run directory of `config` under `results`."""
-        return cls(Path(results) / "runs" / PATTERN.format(**run_slots(config)))
+        return cls.at(results, run_slots(config))
+
+    @classmethod
+    def at(cls, results: Path, slots: dict[str, str]) -> RunDir:
+        """The run directory of these slot values under `results` (snakemake's wildcards are such a mapping)."""
+        return cls(Path(results) / RUNS / PATTERN.format(**{slot: slots[slot] for slot in SLOTS}))
+
+    @classmethod
+    def pattern(cls, results: Path) -> RunDir:
+        """The run directory as a snakemake pattern under `results`: every path of it holds the slots' wildcards."""
+        return cls(Path(results) / RUNS / PATTERN)
+
+    @property
+    def name(self) -> str:
+        """The run's slots joined by ``/`` (its path below ``<results>/runs``; its folder name outside one)."""
+        parts = self.path.resolve().parts
+        return "/".join(parts[parts.index(RUNS) + 1:]) if RUNS in parts else self.path.name
 
     @property
     def train_yaml(self) -> Path:
-        return self.path / "train.yaml"
+        return self.path / TRAIN_YAML
 
     @property
     def record_path(self) -> Path:
-        return self.path / "run.json"
+        return self.path / RECORD
 
     @property
     def log(self) -> Path:
-        return self.path / "train_log.jsonl"
+        return self.path / LOG
 
     @property
     def tensorboard(self) -> Path:
@@ -176,21 +204,21 @@ class RunDir:
 
     @property
     def last(self) -> Path:
-        return self.path / "ckpt" / "last.pt"
+        return self.checkpoints / LAST
 
     @property
     def prev(self) -> Path:
         """The checkpoint before ``last.pt``: moved aside just before a new ``last.pt`` is written."""
-        return self.path / "ckpt" / "prev.pt"
+        return self.checkpoints / PREV
 
     @property
     def best_val(self) -> Path:
-        return self.path / "ckpt" / "best_val.pt"
+        return self.checkpoints / BEST_VAL
 
     @property
     def checkpoints(self) -> Path:
         """The resumable state's folder (last.pt, prev.pt, best_val.pt)."""
-        return self.path / "ckpt"
+        return self.path / CHECKPOINTS
 
     @property
     def lock_path(self) -> Path:
@@ -203,21 +231,26 @@ class RunDir:
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / "eval"
+        return self.path / EVAL_DIR
 
     @property
     def eval_index(self) -> Path:
         """Written by the run's evaluation job once all its metrics files are."""
-        return self.eval_dir / "index.json"
+        return index_path(self.eval_dir)
 
     @property
     def heads(self) -> Path:
         """Cached zero-shot heads of the run's evaluation."""
-        return self.eval_dir / "heads"
+        return heads_path(self.eval_dir)
 
-    def metrics(self, request: str) -> Path:
-        """The metrics JSON of one evaluation request ``<benchmark>[@alpha<α>]``."""
-        return self.eval_dir / f"{request}.json"
+    def metrics(self, request: EvalRequest | str) -> Path:
+        """The metrics JSON of one evaluation request (an `EvalRequest`, or its text ``<benchmark>[@alpha<α>]``)."""
+        return EvalRequest.coerce(request).path(self.eval_dir)
+
+    def metrics_files(self) -> dict[EvalRequest, Path]:
+        """The metrics files in the run's eval dir, by request (the index and other files aside), sorted."""
+        found = {request: path for path in self.eval_dir.glob("*") if (request := EvalRequest.of_file(path))}
+        return dict(sorted(found.items(), key=lambda item: item[0].sort_key()))
 
     def training_files(self) -> tuple[Path, ...]:
         """What training writes (and ``--force`` clears): weights, checkpoints, log."""
@@ -277,10 +310,24 @@ class RunDir:
         if not self.record_path.is_file():
             return None
         try:
-            return RunRecord.model_validate_json(self.record_path.read_text(encoding="utf-8"))
+            return RunRecord.model_validate(self._record_json())
         except ValidationError as error:
             raise ConfigError(f"{self.record_path}: not a run record of this pipeline version "
-                              f"({validation_message(error)}); retrain the run (or rewrite its run.json)") from error
+                              f"({validation_message(error)}); retrain the run (or rewrite its {RECORD})") from error
+
+    def _record_json(self) -> Any:
+        return read_json(self.record_path, "run record",
+                         f"; it is damaged: retrain the run (--force), or delete {self.record_path} if {self.best} "
+                         "is known to be good")
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config of the run record as written (None without a record): an older schema still yields its fields."""
+        if not self.record_path.is_file():
+            return None
+        saved = self._record_json()
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ConfigError(f"{self.record_path}: not a run record (no config mapping); retrain the run (--force)")
+        return saved["config"]
 
     def write_record(self, record: RunRecord) -> None:
         atomic_write_json(self.record_path, json.loads(record.model_dump_json()))
@@ -356,7 +403,7 @@ class RunDir:
                 problems.append(f"{path} is not a resumable checkpoint (no optimiser state)")
                 continue
             if problems:
-                print(f"warning: {problems[0]}; resuming from the previous checkpoint {path} instead")
+                log.warning("warning: %s; resuming from the previous checkpoint %s instead", problems[0], path)
             return state
         if problems:
             raise ModelLoadError(f"cannot resume {self.path}: {'; '.join(problems)}. Fix: delete {self.last.parent} "

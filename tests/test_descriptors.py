@@ -157,7 +157,7 @@ def test_hand_edited_bank_fails_validation(tmp_path: Path, capsys: pytest.Captur
     data = json.loads((REPO / "descriptor_banks" / "paper-table15.json").read_text())
     data["concepts"]["texture"]["descriptors"][0] = "{} made of cheese."
     path.write_text(json.dumps(data))
-    assert main(["validate", str(path)]) == 1
+    assert main(["validate", str(path)]) == 2
     assert "does not match its content" in capsys.readouterr().err
     data["concepts"]["texture"]["descriptors"][0] = "made of cheese."
     path.write_text(json.dumps(data))
@@ -236,7 +236,7 @@ def test_server_error_keeps_progress_and_a_rerun_resumes(tmp_path: Path, capsys:
         # background: 3 keyword runs + 1 descriptor batch succeed, then texture's first request fails
         assert generate(server, tmp_path, "--concepts", "background", "--runs", "3") == 0
         server.fail_next(error_reply(500, "boom"), times=3)
-        assert generate(server, tmp_path, "--concepts", "background,texture", out="bank/v2.json") == 1
+        assert generate(server, tmp_path, "--concepts", "background,texture", out="bank/v2.json") == 2
         err = capsys.readouterr().err
         assert "step 2 (keywords), concept 'texture', run 1" in err
         assert f"{server.url} answered HTTP 500 after 2 retries" in err
@@ -252,7 +252,7 @@ def test_malformed_answer_names_step_and_concept(tmp_path: Path, capsys: pytest.
         return "Sorry, I cannot list keywords." if "bias keywords" in prompt_of(request) else protocol_answer(request)
 
     with FakeLLMServer(no_list) as server:
-        assert generate(server, tmp_path, "--concepts", "texture", "--runs", "1") == 1
+        assert generate(server, tmp_path, "--concepts", "texture", "--runs", "1") == 2
     err = capsys.readouterr().err
     assert "error: step 2 (keywords), concept 'texture': the answer has no numbered items" in err
     assert "The answer is cached as" in err and "delete that file" in err
@@ -263,7 +263,7 @@ def test_descriptor_without_class_slot_is_a_clear_error(tmp_path: Path, capsys: 
         return "1. a snowy day" if "Design a prompt" in prompt_of(request) else protocol_answer(request)
 
     with FakeLLMServer(no_slot) as server:
-        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1") == 1
+        assert generate(server, tmp_path, "--concepts", "background", "--runs", "1") == 2
     assert (
         "step 3 (descriptors), concept 'background': descriptor 'a snowy day' is missing the class slot"
         in capsys.readouterr().err
@@ -276,7 +276,7 @@ def test_unreachable_endpoint_names_it_and_the_settings(tmp_path: Path, capsys: 
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     argv = ["generate", "--base-url", url, "--concepts", "background", "--max-retries", "0", "--timeout", "2"]
-    assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 1
+    assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
     assert f"cannot reach the LLM endpoint {url}" in err
     assert "OPENAI_BASE_URL" in err and "OPENAI_API_KEY" in err
@@ -296,7 +296,7 @@ def test_slow_endpoint_times_out_with_a_clear_error(tmp_path: Path, capsys: pyte
             "--max-retries",
             "0",
         ]
-        assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 1
+        assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 2
     assert "did not answer within 0.3 s" in capsys.readouterr().err
 
 
@@ -304,14 +304,14 @@ def test_missing_api_key_for_openai_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert main(["generate", "--concepts", "background", "--out", str(tmp_path / "b.json")]) == 1
+    assert main(["generate", "--concepts", "background", "--out", str(tmp_path / "b.json")]) == 2
     assert "OPENAI_API_KEY is not set" in capsys.readouterr().err
 
 
 def test_rejected_key_is_named_but_never_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with FakeLLMServer() as server:
         server.fail_next(error_reply(401, f"Incorrect API key provided: {SECRET}"))
-        assert generate(server, tmp_path, "--concepts", "background") == 1
+        assert generate(server, tmp_path, "--concepts", "background") == 2
     err = capsys.readouterr().err
     assert "rejected the API key (HTTP 401); check OPENAI_API_KEY (it is set)" in err
     assert SECRET not in err
@@ -350,7 +350,7 @@ def test_transformers_backend_reports_a_missing_package(tmp_path: Path, capsys: 
     if importlib.util.find_spec("transformers") is not None:
         pytest.skip("transformers is installed: the missing-package message cannot be observed here")
     argv = ["generate", "--backend", "transformers", "--model", "some/model", "--concepts", "background"]
-    assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 1
+    assert main([*argv, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "b.json")]) == 2
     assert "needs the `transformers` package" in capsys.readouterr().err
 
 
@@ -413,7 +413,7 @@ def test_malformed_answer_is_asked_again_with_a_fresh_seed(tmp_path: Path, capsy
 
     with FakeLLMServer(flaky) as server:
         assert generate(server, tmp_path, "--concepts", "background", "--runs", "1", "--attempts", "2",
-                        out="bank/v2.json") == 1
+                        out="bank/v2.json") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: step 3 (descriptors), concept 'background': descriptor 'in the snow.' is missing "
                           "the class slot")
@@ -432,7 +432,7 @@ def test_hanging_server_is_retried_with_a_visible_line(tmp_path: Path, capsys: p
 def test_html_answer_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with FakeLLMServer() as server:
         server.fail_next(html_reply())
-        assert generate(server, tmp_path, "--concepts", "background") == 1
+        assert generate(server, tmp_path, "--concepts", "background") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: step 2 (keywords), concept 'background', run 1: the endpoint {server.url} "
                               "answered HTTP 200 with a non-JSON body ('<!DOCTYPE html><html><body><h1>Welcome to nginx!")
@@ -450,7 +450,7 @@ def test_cache_is_keyed_by_endpoint(tmp_path: Path) -> None:
 def test_import_published_without_slot_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "published.json"
     source.write_text(json.dumps({"source": "x", "concepts": {"background": ["[class] in the snow", "on a beach"]}}))
-    assert main(["import-published", str(source), "--model", "m", "--out", str(tmp_path / "b.json")]) == 1
+    assert main(["import-published", str(source), "--model", "m", "--out", str(tmp_path / "b.json")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {source}: concepts.background[1]: descriptor 'on a beach' is missing the class slot: expected the "
         "base prompt 'a photo of a [class]' with a postfix, e.g. 'a photo of a [class] in the snow.'")

@@ -105,7 +105,8 @@ def test_empty_class_folder_in_imagefolder_is_refused_with_its_path(tmp_path: Pa
 # --- 2. corrupt files: clear messages and recovery ----------------------------------------------
 
 
-def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     config = tiny_config("ft", checkpoint_every=1, keep_checkpoints=True)  # 2 epochs x 2 steps: steps 1, 2, 3, 4
     train(config, tmp_path / "straight")
     run = tmp_path / "run"
@@ -117,8 +118,8 @@ def test_corrupt_last_checkpoint_falls_back_to_prev(tmp_path: Path, capsys: pyte
     capsys.readouterr()
     train(config, run)
     out = capsys.readouterr().out
-    assert f"warning: {last} is not a readable checkpoint" in out
-    assert f"resuming from the previous checkpoint {prev} instead" in out and "from step 3/4" in out
+    assert f"warning: {last} is not a readable checkpoint" in caplog.text  # logged (stages.rundir)
+    assert f"resuming from the previous checkpoint {prev} instead" in caplog.text and "from step 3/4" in out
     straight = torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["state_dict"]
     resumed = torch.load(run / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
@@ -144,7 +145,7 @@ def test_junk_weights_are_one_line_naming_file_and_formats(tmp_path: Path, junk:
         assert "\n" not in message and "weights_only=False" not in message
         assert message.startswith(f"{tmp_path / name} is not a readable checkpoint, state dict or safetensors file (")
         assert message.endswith("accepted: a PyTorch state dict or checkpoint saved with torch.save (.pt/.pth/.bin; "
-                                "a dict of tensors, or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
+                                "a dict of tensors, or {'state_dict': ...} like a run's weights file), or a .safetensors file")
 
 
 def test_corrupt_best_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -196,3 +196,59 @@ def test_signal_lead_must_leave_training_time() -> None:
     config["resources"]["train"].update(runtime=5, signal_lead_s=300)
     with pytest.raises(ConfigError, match=r"train\.signal_lead_s \(300 s\) must be shorter than train\.runtime"):
         validate_workflow_config(config)
+
+
+# A changed value for every execution setting (stages.config.EXECUTION_FIELDS, and the workflow's own).
+EXECUTION_CHANGES = {
+    "device": "cpu", "compile": True, "checkpoint_every": 7, "checkpoint_minutes": 5.0, "keep_checkpoints": True,
+    "max_nonfinite_steps": 3, "lock_wait_s": 9.0, "tracking": ["tensorboard", "wandb"], "grad_checkpointing": True,
+    "log_every": 7, "data.workers": 1, "data.data_root": None, "data.check": "decode",
+    "workers": 1, "eval_batch_size": 8, "eval_image_cache": "elsewhere/crops", "resources": {"retries": 3},
+}
+
+
+def _with_execution_change(config: dict, dotted: str, value: object) -> dict:
+    """`config` with one execution setting changed (``data.*`` ones in every train set)."""
+    config = json.loads(json.dumps(config))
+    if dotted == "data.data_root":  # where the data lies is the workflow's data_root; Grad-CAM reads it, so it stays
+        return config
+    if dotted.startswith("data."):
+        key = dotted.split(".", 1)[1]
+        if key == "workers":
+            return config  # the workflow's `workers`, set for every run
+        for spec in config["train_sets"].values():
+            spec[key] = value
+        return config
+    config[dotted] = value
+    return config
+
+
+@pytest.mark.parametrize("dotted", list(EXECUTION_CHANGES))
+def test_execution_settings_rebuild_no_report(dotted: str) -> None:
+    """What the report rules record (workflow_config's params: plan.report_config) and what every run and
+    evaluation job records (train.yaml, requests) ignore execution settings: none rebuilds a table."""
+    from stages.config import EXECUTION_FIELDS
+
+    assert set(EXECUTION_FIELDS) | set(plan.WORKFLOW_EXECUTION) <= set(EXECUTION_CHANGES)  # a new one is tested here
+    base = validate_workflow_config(load("config.yaml"))
+    changed = validate_workflow_config(_with_execution_change(load("config.yaml"), dotted, EXECUTION_CHANGES[dotted]))
+    assert plan.report_config(changed) == plan.report_config(base)
+    assert yaml.safe_dump(plan.report_config(changed), sort_keys=False) == yaml.safe_dump(plan.report_config(base),
+                                                                                          sort_keys=False)
+    assert {path: plan.run_yaml(run) for path, run in plan.runs_by_dir(changed).items()} == \
+        {path: plan.run_yaml(run) for path, run in plan.runs_by_dir(base).items()}
+    assert plan.eval_requests(changed) == plan.eval_requests(base)
+
+
+def test_a_result_setting_does_rebuild_reports() -> None:
+    config = load("config.yaml")
+    config["seeds"] = [0, 1, 2, 3]
+    assert plan.report_config(validate_workflow_config(config)) != plan.report_config(
+        validate_workflow_config(load("config.yaml")))
+
+
+def test_the_report_rules_record_plan_report_config() -> None:
+    """workflow_config (the one rule whose params carry the config into reports) writes plan.report_config."""
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    body = common[common.index("def workflow_yaml"):].split("\ndef ", 1)[0]
+    assert "plan.report_config(WF)" in body

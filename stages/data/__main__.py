@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stages.cli import command
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command (check, prepare, verify); return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m stages.data", description=__doc__,
@@ -52,18 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("--decode", action="store_true", help="also decode every image (slow)")
             command.add_argument("--workers", type=int, default=None, help="parallel readers with --decode")
     args = parser.parse_args(argv)
-
-    from stages.data.source import DatasetError
-
-    try:
-        if args.command == "check":
-            return _check(args)
-        if args.command == "prepare":
-            return _prepare(args)
-        return _verify(args)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "check":  # errors: one line, exit 2 (stages.cli)
+        return _check(args)
+    if args.command == "prepare":
+        return _prepare(args)
+    return _verify(args)
 
 
 def _check(args: argparse.Namespace) -> int:

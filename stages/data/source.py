@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from stages.errors import PipelineError
+
 if TYPE_CHECKING:  # torch is imported by the stages that batch images, not by listing or checking them
     import torch
 
@@ -36,7 +38,7 @@ _DATASETS: dict[str, DatasetBuilder] = {}
 _LAYOUTS: dict[str, Layout] = {}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PipelineError, RuntimeError):
     """A dataset root, split, metadata file or image that cannot be used; the message says the fix."""
 
 

@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from stages.data.source import DatasetError
+from stages.cli import command
+from stages.errors import ConfigError
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -30,21 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     pretrain.add_argument("--lr", type=float, default=1e-3)
     pretrain.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "data":
-            from stages.demo.data import build_demo_data, find_fashion_mnist
+    if args.command == "data":
+        from stages.demo.data import build_demo_data, find_fashion_mnist
 
-            sizes = {key: int(value) for key, _, value in (item.partition("=") for item in args.size)}
-            build_demo_data(args.data_root / "fmnist-demo", find_fashion_mnist(args.cache), args.seed,
-                            args.correlation, args.pretrain_correlation, sizes)
-        else:
-            from stages.demo.pretrain import pretrain as run_pretrain
+        sizes = {}
+        for item in args.size:
+            key, _, value = item.partition("=")
+            if not key or not value.isdigit():
+                raise ConfigError(f"--size {item!r}: expected SPLIT=N with N a count of images, e.g. --size train=2000")
+            sizes[key] = int(value)
+        build_demo_data(args.data_root / "fmnist-demo", find_fashion_mnist(args.cache), args.seed,
+                        args.correlation, args.pretrain_correlation, sizes)
+    else:
+        from stages.demo.pretrain import pretrain as run_pretrain
 
-            summary = run_pretrain(args.data_root, args.out, args.model, args.steps, args.batch_size, args.lr, args.seed)
-            print(json.dumps(summary))
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        summary = run_pretrain(args.data_root, args.out, args.model, args.steps, args.batch_size, args.lr, args.seed)
+        print(json.dumps(summary))
     return 0
 
 

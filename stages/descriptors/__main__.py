@@ -3,7 +3,7 @@
 ``generate`` runs the paper's three-step protocol against an LLM and writes a bank (refusing to
 put different content over an existing file); ``validate`` checks bank files (schema, template
 slots, sha256); ``import-published`` turns a published descriptor list into a bank. Errors are
-printed as one ``error: ...`` line (exit status 1), never with the API key.
+printed as one ``error: ...`` line (exit status 2, stages.cli), never with the API key.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from stages.descriptors.bank import BankError, load_bank
+from stages.cli import command as cli_command
+from stages.descriptors.bank import load_bank
 from stages.descriptors.generate import (
     BACKENDS,
     DEFAULT_CACHE_DIR,
@@ -26,7 +27,6 @@ from stages.descriptors.generate import (
     write_versioned,
 )
 from stages.descriptors.llm import LLMError
-from stages.descriptors.parse import ParseError
 
 log = logging.getLogger("stages.descriptors")
 
@@ -133,18 +133,15 @@ def _import(args: argparse.Namespace) -> None:
     log.info("%s %s (sha256 %s)", "wrote" if written else "unchanged", args.out, bank.sha256[:12])
 
 
+@cli_command
 def main(argv: list[str] | None = None) -> int:
-    """Run one sub-command; return the exit status."""
+    """Run one sub-command; return the exit status (an error: one line, status 2, stages.cli)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("httpx", "httpx2"):  # the openai client's HTTP layer logs every request URL at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = {"generate": _generate, "validate": _validate, "import-published": _import}[args.command]
-    try:
-        command(args)
-    except (BankError, LLMError, ParseError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    command(args)
     return 0
 
 

@@ -16,13 +16,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stages.errors import PipelineError, validation_summary
 from stages.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
 ALL_CONCEPTS = "all"
 
 
-class BankError(ValueError):
+class BankError(PipelineError, ValueError):
     """A bank file that is missing, malformed, or does not match its own checksum."""
 
 
@@ -111,9 +112,18 @@ def load_bank(path: Path) -> DescriptorBank:
             "or generate one with `python -m stages.descriptors generate`"
         )
     try:
-        bank = DescriptorBank.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as error:
-        raise BankError(f"descriptor bank {path} is malformed: {error}") from error
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BankError(f"descriptor bank {path} is not JSON ({error}); a bank is the JSON file "
+                        "`python -m stages.descriptors generate` writes") from None
+    if not isinstance(raw, dict) or "concepts" not in raw:
+        raise BankError(f"{path} is not a descriptor bank (no \"concepts\" mapping); give a bank file, e.g. "
+                        "descriptor_banks/official-code.json, or write one with `python -m stages.descriptors generate`")
+    try:
+        bank = DescriptorBank.model_validate(raw)
+    except ValidationError as error:
+        raise BankError(f"descriptor bank {path} is malformed: {validation_summary(error)}; regenerate it, or fix the "
+                        "fields named") from None
     expected = bank.canonical_sha256()
     if bank.sha256 != expected:
         raise BankError(

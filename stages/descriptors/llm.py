@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from stages.errors import PipelineError
 from stages.io import atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ RETRY_SEED_STRIDE = 1000
 """A malformed answer's retry `a` is sent seed ``seed + run + 1000 a`` (runs stay below 1000)."""
 
 
-class LLMError(RuntimeError):
+class LLMError(PipelineError, RuntimeError):
     """A request that could not be answered: endpoint unreachable, key rejected, HTTP error."""
 
 

@@ -19,6 +19,7 @@ import re
 
 from stages.descriptors.bank import check_template
 from stages.descriptors.prompts import STEP_CONCEPTS, STEP_DESCRIPTORS, STEP_KEYWORDS, STEP_NUMBERS
+from stages.errors import PipelineError
 
 _NUMBERED = re.compile(r"^\s*(?:[-*]\s*)?(?:\*\*)?(\d{1,3})\s*[.)](?:\*\*)?\s*(.*?)\s*$")
 _QUOTES = "\"'`“”‘’«»"
@@ -31,7 +32,7 @@ _SLOT_MARK = "\0"
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
-class ParseError(ValueError):
+class ParseError(PipelineError, ValueError):
     """An LLM answer that cannot be used; the message names the step and the concept."""
 
     def __init__(self, step: str, concept: str | None, message: str) -> None:

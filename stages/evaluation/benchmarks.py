@@ -136,21 +136,3 @@ def score(
     if WORST_REGION in bench.extra_metrics:
         results["worst_region"] = metrics.worst_group(table, exclude=("Other",))
     return results, table
-
-
-def request_name(benchmark: str, alpha: float | None = None) -> str:
-    """``<benchmark>`` or ``<benchmark>@alpha<α>``: a metrics file's stem (``<run dir>/eval/<name>.json``)."""
-    return benchmark if alpha is None else f"{benchmark}@alpha{alpha:g}"
-
-
-def parse_request(name: str) -> tuple[str, float | None]:
-    """``(benchmark, alpha)`` of a :func:`request_name`; an unknown benchmark or a bad α is a ValueError."""
-    benchmark, _, alpha = name.partition("@alpha")
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"request {name!r}: unknown benchmark {benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    if "@" in name and not name.startswith(f"{benchmark}@alpha"):
-        raise ValueError(f"request {name!r}: expected <benchmark> or <benchmark>@alpha<α>")
-    try:
-        return benchmark, (float(alpha) if "@alpha" in name else None)
-    except ValueError:
-        raise ValueError(f"request {name!r}: {alpha!r} is not a number (expected <benchmark>@alpha<α>)") from None

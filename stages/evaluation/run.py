@@ -32,8 +32,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,22 +44,25 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.data.source import DatasetError, LabeledImages, build_dataset
-from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, parse_request, score
+from stages.data.source import LabeledImages, build_dataset
+from stages.errors import PipelineError
+from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, score
 from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.heads import HeadCache, text_head
 from stages.io import atomic_write_json, scratch_dir, sha256_file
-from stages.models.factory import ClipBundle, LoadedModel, ModelLoadError, create_clip
+from stages.models.factory import ClipBundle, LoadedModel, create_clip
 from stages.models.wise import interpolate_state_dicts
-from stages.rundir import BEST, RunDir
+from stages.cli import command
+from stages.rundir import ALPHA, BEST, INDEX, RECORD, EvalRequest, RunDir, index_path
 
 
+log = logging.getLogger(__name__)
 CROPS_PREFIX = ".crops-"
 """Name prefix of the temporary crop caches inside a run's eval folder (ImageNet val: about 7.5 GB each)."""
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(PipelineError, RuntimeError):
     """The model and the benchmark do not fit together (e.g. head and dataset class counts differ)."""
 
 
@@ -234,7 +237,7 @@ def is_current(path: Path, benchmark: str, identity: dict[str, Any]) -> bool:
 
 
 def evaluate_requests(
-    requests: Sequence[str],
+    requests: Sequence[EvalRequest | str],
     eval_dir: Path,
     data_root: Path,
     model_at: Callable[[float | None], LoadedModel],
@@ -246,20 +249,20 @@ def evaluate_requests(
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Write ``<eval_dir>/<request>.json`` for every request not already current; return the index.
+    """Write every request's metrics file in `eval_dir` (`EvalRequest.path`) unless already current; return the index.
 
     `model_at(alpha)` gives the model at a WiSE-FT α (None: as trained); `identity` is the
     model's for :func:`is_current`, without ``alpha`` (set per request). The model is set once
     per α and each benchmark's dataset built once; with several α and no `image_cache`, decoded
     crops go to a temporary cache, so each image is decoded once.
     """
-    parsed = {name: parse_request(name) for name in requests}
+    parsed = {str(request): EvalRequest.parse(str(request), BENCHMARKS) for request in requests}
     eval_dir.mkdir(parents=True, exist_ok=True)
-    targets = {name: eval_dir / f"{name}.json" for name in parsed}
-    pending = {name: (benchmark, alpha) for name, (benchmark, alpha) in parsed.items()
-               if not is_current(targets[name], benchmark, {**identity, "alpha": alpha})}
+    targets = {name: request.path(eval_dir) for name, request in parsed.items()}
+    pending = {name: (request.benchmark, request.alpha) for name, request in parsed.items()
+               if not is_current(targets[name], request.benchmark, {**identity, "alpha": request.alpha})}
     for name in sorted(set(parsed) - set(pending)):
-        print(f"{name}: kept {targets[name]} (same checkpoint and alpha)")
+        log.info("%s: kept %s (same checkpoint and alpha)", name, targets[name])
     alphas = sorted({alpha for _, alpha in pending.values()}, key=lambda alpha: (alpha is not None, alpha or 0.0))
     sources: dict[str, LabeledImages] = {}
     # A private crop cache for this process's alphas; one left by a killed evaluation is removed (scratch_dir).
@@ -277,9 +280,9 @@ def evaluate_requests(
                                    device=device, image_cache=None if crops is None else Path(crops),
                                    source=sources[benchmark])
                 atomic_write_json(targets[name], payload)
-                print(f"{name}: {summary(payload)} -> {targets[name]}")
+                log.info("%s: %s -> %s", name, summary(payload), targets[name])
     return {"requests": [{"request": name, "file": targets[name].name, "sha256": sha256_file(targets[name]),
-                          "computed": name in pending} for name in requests]}
+                          "computed": name in pending} for name in parsed]}
 
 
 def summary(payload: dict[str, Any]) -> str:
@@ -293,13 +296,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stages.evaluation", description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="one benchmark, written to --out")
-    what.add_argument("--requests", nargs="+", metavar="BENCHMARK[@alphaA]",
+    what.add_argument("--requests", nargs="+", metavar=f"BENCHMARK[{ALPHA}A]",
                       help="several benchmarks / WiSE-FT alphas, each written to --eval-dir/<request>.json")
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding each dataset under its standard name")
     parser.add_argument("--out", type=Path, help="metrics JSON to write (with --benchmark)")
-    parser.add_argument("--eval-dir", type=Path, help="folder of the metrics JSON files and index.json (with --requests)")
+    parser.add_argument("--eval-dir", type=Path, help=f"folder of the metrics JSON files and {INDEX} (with --requests)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", type=Path, help="a finished training run (run.json + checkpoint)")
+    source.add_argument("--run-dir", type=Path, help=f"a finished training run ({RECORD} + checkpoint)")
     source.add_argument("--model", help="open_clip architecture name (with --pretrained)")
     parser.add_argument("--pretrained", help="open_clip pretrained tag, a local weights file, or 'none'")
     parser.add_argument("--checkpoint", default=BEST, help="checkpoint file inside --run-dir")
@@ -307,56 +310,55 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--head-cache", type=Path, help="folder for cached zero-shot heads (default: <run-dir>/eval/heads)")
+    parser.add_argument("--head-cache", type=Path, help="folder for cached zero-shot heads (default: the run dir's)")
     parser.add_argument("--image-cache", type=Path,
                         help="folder of decoded evaluation crops, shared by all runs (built on first use; same results)")
     args = parser.parse_args(argv)
+    # A bad request is a RequestError (one line, exit 2: stages.cli), not argparse's usage text.
+    args.requests = None if args.requests is None else [EvalRequest.parse(text, BENCHMARKS) for text in args.requests]
     if args.benchmark is not None and args.out is None:
         parser.error("--benchmark needs --out (the metrics JSON to write)")
     if args.requests is not None and (args.eval_dir is None or args.out is not None or args.alpha is not None):
         parser.error("--requests writes <eval-dir>/<request>.json: give --eval-dir, not --out or --alpha "
-                     "(an α is part of a request: BENCHMARK@alphaA)")
+                     f"(an α is part of a request: BENCHMARK{ALPHA}A)")
     if args.model is not None and args.pretrained is None:
         parser.error("--model needs --pretrained (a tag, a weights file, or 'none')")
-    if args.model is not None and (args.alpha is not None or any("@alpha" in name for name in args.requests or ())):
+    if args.model is not None and (args.alpha is not None or any(request.alpha is not None for request in args.requests or ())):
         parser.error("an alpha interpolates a run with its zero-shot start: use it with --run-dir")
     return args
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; user errors print one line and exit with status 2."""
+    """CLI entry point; user errors print one line and exit with status 2 (stages.cli)."""
     args = parse_args(argv)
-    try:
-        if args.run_dir is not None:
-            cache = HeadCache(args.head_cache or args.run_dir / "eval" / "heads")
-            sha256 = sha256_file(args.run_dir / args.checkpoint) if (args.run_dir / args.checkpoint).is_file() else None
-            weights: RunWeights | None = None
+    if args.run_dir is not None:
+        cache = HeadCache(args.head_cache or RunDir(args.run_dir).heads)
+        sha256 = sha256_file(args.run_dir / args.checkpoint) if (args.run_dir / args.checkpoint).is_file() else None
+        weights: RunWeights | None = None
 
-            def model_at(alpha: float | None) -> LoadedModel:
-                nonlocal weights
-                weights = weights or RunWeights(args.run_dir, args.checkpoint, sha256)
-                return weights.at(alpha)
-        else:
-            cache = HeadCache(args.head_cache)
-            local = Path(args.pretrained)
-            sha256 = sha256_file(local) if local.is_file() else None
+        def model_at(alpha: float | None) -> LoadedModel:
+            nonlocal weights
+            weights = weights or RunWeights(args.run_dir, args.checkpoint, sha256)
+            return weights.at(alpha)
+    else:
+        cache = HeadCache(args.head_cache)
+        local = Path(args.pretrained)
+        sha256 = sha256_file(local) if local.is_file() else None
 
-            def model_at(alpha: float | None) -> LoadedModel:
-                return load_pretrained(args.model, args.pretrained)
-        options = dict(cache=cache, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                       image_cache=args.image_cache)
-        if args.requests is not None:
-            # A run's name and pretrained tag are its checkpoint's: equal whenever its sha256 is.
-            identity: dict[str, Any] = {"checkpoint_sha256": sha256}
-            if args.model is not None:
-                identity |= {"name": args.model, "pretrained": args.pretrained}
-            index = evaluate_requests(args.requests, args.eval_dir, args.data_root, model_at, identity, **options)
-            atomic_write_json(args.eval_dir / "index.json", index)
-            return 0
-        payload = evaluate(args.benchmark, args.data_root, model_at(args.alpha), **options)
-    except (DatasetError, ModelLoadError, EvaluationError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        def model_at(alpha: float | None) -> LoadedModel:
+            return load_pretrained(args.model, args.pretrained)
+    options = dict(cache=cache, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                   image_cache=args.image_cache)
+    if args.requests is not None:
+        # A run's name and pretrained tag are its checkpoint's: equal whenever its sha256 is.
+        identity: dict[str, Any] = {"checkpoint_sha256": sha256}
+        if args.model is not None:
+            identity |= {"name": args.model, "pretrained": args.pretrained}
+        index = evaluate_requests(args.requests, args.eval_dir, args.data_root, model_at, identity, **options)
+        atomic_write_json(index_path(args.eval_dir), index)
+        return 0
+    payload = evaluate(args.benchmark, args.data_root, model_at(args.alpha), **options)
     atomic_write_json(args.out, payload)
     print(f"{args.benchmark}: {summary(payload)} -> {args.out}")
     return 0

@@ -11,12 +11,11 @@
   are ``normalize(encode_image(x)) @ weight.T``;
 - ``README.md``: a Hugging Face model card (YAML metadata: library_name open_clip, base_model,
   datasets, metrics) with the recipe, the bank and its sha256, the run's evaluation results
-  (``<run dir>/eval/*.json``), how to load it and the StarFT citation.
+  (the run's metrics files, ``RunDir.metrics_files``), how to load it and the StarFT citation.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import open_clip
 import safetensors.torch
 from huggingface_hub import ModelCard, ModelCardData
 
+from stages.errors import PipelineError, read_json
 from stages.evaluation.run import load_run
 from stages.io import atomic_write_json, atomic_write_text, sha256_file
 from stages.rundir import RunDir, RunRecord
@@ -42,7 +42,7 @@ CITATION = """@inproceedings{kim2025starft,
 }"""
 
 
-class ExportError(RuntimeError):
+class ExportError(PipelineError, RuntimeError):
     """A run that cannot be exported (not finished, or an architecture open_clip does not know)."""
 
 
@@ -55,16 +55,13 @@ def _model_cfg(name: str) -> dict[str, Any]:
 
 
 def _eval_results(run_dir: RunDir, alpha: float | None) -> list[dict[str, Any]]:
-    """The metrics JSONs of the exported weights: ``eval/<benchmark>.json`` (or ``@alpha<α>`` ones)."""
+    """The metrics JSONs of the exported weights: the run's requests at `alpha` (None: as trained)."""
     results = []
-    for path in sorted(run_dir.eval_dir.glob("*.json")):
-        if path == run_dir.eval_index:
+    for request, path in run_dir.metrics_files().items():
+        if request.alpha != alpha:
             continue
-        benchmark, _, suffix = path.stem.partition("@alpha")
-        if (float(suffix) if suffix else None) != alpha:
-            continue
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        results.append({"benchmark": payload.get("benchmark", benchmark), "n": payload.get("n"),
+        payload = read_json(path, "metrics file", "; rerun the run's evaluation to rewrite it")
+        results.append({"benchmark": payload.get("benchmark", request.benchmark), "n": payload.get("n"),
                         "metrics": payload.get("metrics", {})})
     return results
 
@@ -165,21 +162,57 @@ def export_run(run_dir: Path, out: Path, alpha: float | None = None) -> list[Pat
     return written
 
 
+def check_push(repo_id: str) -> None:
+    """Refuse a push that cannot happen before anything is written: offline mode, no token, a bad repo id."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE:
+        raise ExportError("--push-to: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it (HF_HUB_OFFLINE=0)")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ExportError(f"--push-to {repo_id!r}: expected ORG/NAME (a Hub model repo id, e.g. me/vit-b-16-starft)")
+    if not get_token():
+        raise ExportError("--push-to: no Hugging Face token found; set one with HF_TOKEN=hf_... (a write token from "
+                          "https://huggingface.co/settings/tokens) or `huggingface-cli login` (`hf auth login`), "
+                          "then rerun; nothing was written")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions of an endpoint that cannot be reached: the HTTP client's transport errors (httpx, or
+    httpx2 in huggingface_hub >= 2), and OSError (requests' ConnectionError is one)."""
+    errors: list[type[BaseException]] = [OSError]
+    for client in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(client).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def push(folder: Path, repo_id: str, private: bool = False) -> str:
     """Upload `folder` to the Hub repo `repo_id` (created if missing) with ``HfApi.upload_folder``; its URL.
 
     The endpoint is ``$HF_ENDPOINT`` (default huggingface.co) and the token ``$HF_TOKEN`` or the
-    cached login; with ``HF_HUB_OFFLINE=1`` nothing can be sent, which is an error here.
+    cached login (`check_push`); a refusal by the Hub or an unreachable endpoint is an `ExportError`.
     """
     from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
 
-    if constants.HF_HUB_OFFLINE:
-        raise ExportError("--push-to: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it (HF_HUB_OFFLINE=0)")
+    check_push(repo_id)
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Add fine-tuned open_clip model",
-                               ignore_patterns=[".*"])
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                                   commit_message="Add fine-tuned open_clip model", ignore_patterns=[".*"])
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        hint = ("the token is invalid or cannot write there: set a write token (HF_TOKEN or `huggingface-cli login`)"
+                if status in (401, 403) else "check the repo id and your rights on it")
+        raise ExportError(f"--push-to {repo_id}: the Hub ({constants.ENDPOINT}) refused the upload (HTTP {status}); "
+                          f"{hint}. {folder} is written: rerun to push it") from None
+    except _transport_errors() as error:
+        raise ExportError(f"--push-to {repo_id}: cannot reach {constants.ENDPOINT} ({type(error).__name__}); check "
+                          f"the network or HF_ENDPOINT. {folder} is written: rerun to push it") from None
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
 
 
-__all__ = ["ExportError", "export_run", "model_card", "push"]
+__all__ = ["ExportError", "check_push", "export_run", "model_card", "push"]

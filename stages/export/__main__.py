@@ -14,30 +14,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from huggingface_hub.errors import HfHubHTTPError
+from stages.cli import command
+from stages.export import check_push, export_run, push
+from stages.rundir import BEST, RECORD
 
-from stages.export import ExportError, export_run, push
-from stages.models.factory import ModelLoadError
 
-
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; an unusable run or a failed upload prints one line and exits with status 2."""
     parser = argparse.ArgumentParser(prog="python -m stages.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="a finished training run (run.json + best.pt)")
+    parser.add_argument("--run-dir", type=Path, required=True, help=f"a finished training run ({RECORD} + {BEST})")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export into")
     parser.add_argument("--alpha", type=float, help="WiSE-FT: export (1-α)·zero-shot + α·fine-tuned")
     parser.add_argument("--push-to", metavar="ORG/NAME", help="also upload the folder to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     args = parser.parse_args(argv)
-    try:
-        for path in export_run(args.run_dir, args.out, args.alpha):
-            print(path)
-        if args.push_to:
-            print(push(args.out, args.push_to, args.private))
-    except (ExportError, ModelLoadError, ValueError, HfHubHTTPError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.push_to:
+        check_push(args.push_to)  # no token, offline: said before anything is written
+    for path in export_run(args.run_dir, args.out, args.alpha):
+        print(path)
+    if args.push_to:
+        print(push(args.out, args.push_to, args.private))
     return 0
 
 

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from stages.data.transforms import eval_transform, train_transform
+from stages.errors import PipelineError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 NO_WEIGHTS = ("", "none", "random")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PipelineError, RuntimeError):
     """The requested weights could not be found or loaded."""
 
 
@@ -60,7 +61,7 @@ class ClipBundle:
 
 
 ACCEPTED_WEIGHTS = ("a PyTorch state dict or checkpoint saved with torch.save (.pt/.pth/.bin; a dict of tensors, "
-                    "or {'state_dict': ...} like a run's best.pt), or a .safetensors file")
+                    "or {'state_dict': ...} like a run's weights file), or a .safetensors file")
 
 
 @dataclass

@@ -15,11 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
+from stages.cli import command
 from stages.config import ConfigError, GradcamFigureSpec, validate_workflow_config
+from stages.errors import read_yaml
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a bad config, table number or figure name prints one line and exits with status 2."""
     parser = argparse.ArgumentParser(prog="python -m stages.reports", description=__doc__,
@@ -35,40 +36,34 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table and not args.figure and not args.all_results:
         parser.error("give --table, --figure and/or --all-results")
     # Imported after parsing, so that --help does not wait for torch and matplotlib.
-    from stages.data.source import DatasetError
-    from stages.models.factory import ModelLoadError
     from stages.reports.figures import build_figure, write_figure
     from stages.reports.results import write_all_results
     from stages.reports.tables import build_table, write_table
 
-    try:
-        config = validate_workflow_config(yaml.safe_load(args.config.read_text()) or {}, str(args.config))
-        for number in args.table:
-            if number not in config.tables:
-                raise ConfigError(f"{args.config}: no table {number}; tables: {sorted(config.tables)}")
-            table = build_table(config, number)
-            paths = write_table(table, args.out_dir or config.results)
-            print(f"table {number}: {table.filled} of {table.cells} cells -> {', '.join(map(str, paths))}")
-        for name in args.figure:
-            if name not in config.figures:
-                raise ConfigError(f"{args.config}: no figure {name!r}; figures: {sorted(config.figures)}")
-            if isinstance(config.figures[name], GradcamFigureSpec):
-                from stages.reports.gradcam import build_gradcam, write_gradcam  # torch + models: only when needed
+    config = validate_workflow_config(read_yaml(args.config, "workflow config") or {}, str(args.config))
+    for number in args.table:
+        if number not in config.tables:
+            raise ConfigError(f"{args.config}: no table {number}; tables: {sorted(config.tables)}")
+        table = build_table(config, number)
+        paths = write_table(table, args.out_dir or config.results)
+        print(f"table {number}: {table.filled} of {table.cells} cells -> {', '.join(map(str, paths))}")
+    for name in args.figure:
+        if name not in config.figures:
+            raise ConfigError(f"{args.config}: no figure {name!r}; figures: {sorted(config.figures)}")
+        if isinstance(config.figures[name], GradcamFigureSpec):
+            from stages.reports.gradcam import build_gradcam, write_gradcam  # torch + models: only when needed
 
-                plot = build_gradcam(config, name, args.device)
-                path = write_gradcam(plot, args.out_dir or config.results)
-            else:
-                plot = build_figure(config, name)
-                path = write_figure(plot, args.out_dir or config.results)
-            print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
-            for note in plot.missing:
-                print(f"  missing: {note}")
-        if args.all_results:
-            paths, rows, missing = write_all_results(config, args.out_dir or config.results)
-            print(f"all results: {rows} rows, {missing} planned metrics files missing -> {', '.join(map(str, paths))}")
-    except (ConfigError, OSError, DatasetError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            plot = build_gradcam(config, name, args.device)
+            path = write_gradcam(plot, args.out_dir or config.results)
+        else:
+            plot = build_figure(config, name)
+            path = write_figure(plot, args.out_dir or config.results)
+        print(f"figure {name}: {plot.points} points, {len(plot.missing)} missing -> {path}")
+        for note in plot.missing:
+            print(f"  missing: {note}")
+    if args.all_results:
+        paths, rows, missing = write_all_results(config, args.out_dir or config.results)
+        print(f"all results: {rows} rows, {missing} planned metrics files missing -> {', '.join(map(str, paths))}")
     return 0
 
 

@@ -33,6 +33,7 @@ from stages.config import (ConfigError, GradcamFigureSpec, GroupFigureSpec, Loss
 from stages.io import atomic_write_binary
 from stages.methods import method_spec
 from stages.reports.tables import Stat, column_values, display, with_averages
+from stages.rundir import RunDir
 
 MAX_NOTES = 12  # notes printed under the plot (the CLI prints all of them)
 CHARS_PER_INCH = 11  # title characters per inch of figure width before it wraps
@@ -181,12 +182,17 @@ def read_log(path: Path, key: str) -> dict[int, float] | None:
     return {int(record["step"]): float(record[key]) for record in records if key in record}
 
 
-def loss_inputs(config: WorkflowConfig, spec: LossFigureSpec) -> list[Path]:
-    """The ``<run dir>/train_log.jsonl`` files a loss figure reads: every trained run of its table."""
+def loss_runs(config: WorkflowConfig, spec: LossFigureSpec) -> list[RunDir]:
+    """The runs a loss figure draws: every trained run of its table (of its methods), by path."""
     methods = spec.methods or config.tables[spec.table].methods
     runs = {cell.run_dir(config.results) for cell in plan.table_cells(config, spec.table)
             if cell.alpha is None and method_spec(cell.run.method).trains and cell.run.method in methods}
-    return sorted(run.log for run in runs)
+    return sorted(runs, key=lambda run: run.path)
+
+
+def loss_inputs(config: WorkflowConfig, spec: LossFigureSpec) -> list[Path]:
+    """The training logs (``RunDir.log``) a loss figure reads: those of `loss_runs`."""
+    return [run.log for run in loss_runs(config, spec)]
 
 
 def loss_panels(config: WorkflowConfig, spec: LossFigureSpec) -> tuple[list[Panel], list[str]]:

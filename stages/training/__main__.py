@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from stages.cli import command
 from stages.config import ConfigError, TrainConfig, load_train_config
 
 
@@ -33,7 +34,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
         key, separator, value = pair.partition("=")
         if not separator:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {pair!r}: the value is not YAML ({getattr(error, 'problem', error)}); quote it, "
+                              "e.g. --set 'key=\"text\"'") from None
     return overrides
 
 
@@ -51,6 +56,7 @@ def field_docs(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[s
     return lines
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.training", description=__doc__,
                                      epilog="config fields (key = default: meaning):\n" + "\n".join(field_docs()),
@@ -71,14 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None and (not args.print_config or args.overrides):
         parser.error("--config is required (--print-config alone prints the defaults)")
     # Imported after parsing, so that --help does not wait for torch and open_clip.
-    from stages.data.source import DatasetError
-    from stages.descriptors.bank import BankError
-    from stages.io import DiskFullError
-    from stages.models.factory import ModelLoadError
-    from stages.rundir import NonFiniteCheckpoint, RunDir
-    from stages.training.distributed import LaunchError
+    from stages.rundir import RunDir
     from stages.training.interrupt import EXIT_INTERRUPTED, RunInterrupted
-    from stages.training.loop import NonFiniteLoss, train
+    from stages.training.loop import train
+    from stages.training.tracking import require_backends
 
     try:
         config = TrainConfig() if args.config is None else load_train_config(args.config,
@@ -87,14 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
             return 0
         run_dir = RunDir(args.out) if args.out is not None else RunDir.of(config, args.results)
+        require_backends(config.tracking)  # before the run starts, not at its first step
         best = train(config, run_dir, force=args.force, watch_parent=args.exit_with_parent)
-    except RunInterrupted as interrupted:
+    except RunInterrupted as interrupted:  # not an error: resumable (every error's path is stages.cli.command's)
         print(f"interrupted: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, DatasetError, BankError, ModelLoadError, LaunchError, NonFiniteLoss, NonFiniteCheckpoint,
-            DiskFullError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     print(best)
     return 0
 

@@ -40,12 +40,14 @@ import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from stages.errors import PipelineError
+
 # Ports derived from a SLURM job id fall in [PORT_BASE, PORT_BASE + PORT_SPAN): above the
 # registered services most clusters run, below Linux's default ephemeral range (32768-60999).
 PORT_BASE, PORT_SPAN = 12000, 20000
 
 
-class LaunchError(RuntimeError):
+class LaunchError(PipelineError, RuntimeError):
     """The environment describes several processes that cannot form one process group."""
 
 

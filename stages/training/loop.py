@@ -35,6 +35,7 @@ from tqdm import tqdm
 from stages.config import ConfigError, TrainConfig, without_execution
 from stages.data.check import check_images_once
 from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset, load_image
+from stages.errors import PipelineError
 from stages.io import atomic_write_text
 from stages.methods import Method, MethodContext, Progress, build_method
 from stages.models.factory import create_clip, read_checkpoint
@@ -385,7 +386,7 @@ def _finished(run_dir: RunDir, config: TrainConfig, force: bool) -> bool:
             path.unlink(missing_ok=True)
         return False
     # The saved config as written (a record of an older schema still yields the fields that differ).
-    saved = json.loads(run_dir.record_path.read_text())["config"] if run_dir.record_path.is_file() else None
+    saved = run_dir.saved_config()
     changes = [] if saved is None else config_changes(saved, config.model_dump(mode="json"))
     if changes:
         raise ConfigError(f"{run_dir.path} holds a finished run of another config ({'; '.join(changes)}): pass "
@@ -591,7 +592,7 @@ def finalise(run: Training) -> None:
         shutil.rmtree(run.run_dir.checkpoints, ignore_errors=True)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(PipelineError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient norm: the run stops (nothing non-finite saved)."""
 
 

@@ -16,11 +16,12 @@ import os
 import uuid
 from typing import Any
 
+from stages.errors import PipelineError
 from stages.io import atomic_write_text
 from stages.rundir import RunDir
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PipelineError, RuntimeError):
     """A requested tracker that cannot be started (e.g. wandb not installed)."""
 
 
@@ -60,21 +61,30 @@ class Tracker:
         self._tensorboard = self._wandb = None
 
 
-def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
-    """Start (or resume, with the id stored in the run dir) the W&B run of `run_dir`."""
+def require_backends(backends: list[str]) -> None:
+    """Fail before anything starts when a listed tracker cannot be (a `TrackingError` naming the setting and the fix)."""
+    if "wandb" in backends:
+        _import_wandb()
+
+
+def _import_wandb() -> Any:
     try:
         import wandb
-    except ImportError as error:
+    except ImportError:
         raise TrackingError("tracking: wandb is listed but the wandb package is not installed; "
-                            "pip install wandb, or drop wandb from tracking") from error
+                            "pip install wandb, or drop wandb from tracking") from None
+    return wandb
+
+
+def _start_wandb(run_dir: RunDir, config: dict[str, Any]) -> Any:
+    """Start (or resume, with the id stored in the run dir) the W&B run of `run_dir`."""
+    wandb = _import_wandb()
     id_file = run_dir.wandb_id
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
         run_id = uuid.uuid4().hex[:8]
         atomic_write_text(id_file, run_id + "\n")
-    # Run name: the slots under results/runs/ (arch/train set/method/.../seed), joined.
-    parts = run_dir.path.resolve().parts
-    name = "/".join(parts[parts.index("runs") + 1:]) if "runs" in parts else run_dir.path.name
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "stages"), name=name, id=run_id, resume="allow",
+    # Run name: the run's slots (arch/train set/method/.../seed), joined.
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "stages"), name=run_dir.name, id=run_id, resume="allow",
                       dir=str(run_dir.path), config=config)

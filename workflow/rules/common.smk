@@ -41,7 +41,7 @@ def eval_execution(wildcards, resources) -> str:
 
 def run_dir_of(wildcards) -> RunDir:
     """The run directory the wildcards spell."""
-    return RunDir(WF.results / "runs" / RUN.format(**wildcards))
+    return RunDir.at(WF.results, wildcards)
 
 
 def run_dir(wildcards) -> str:
@@ -121,7 +121,7 @@ def trainer_launcher(resources, threads) -> str:
 
 
 def trained_input(wildcards) -> list[str]:
-    """The run's best.pt (nothing for a method that does not train: evaluated from its pretrained weights)."""
+    """The run's weights (nothing for a method that does not train: evaluated from its pretrained weights)."""
     return [run_dir_of(wildcards).best.as_posix()] if method_spec(run_of(wildcards).method).trains else []
 
 
@@ -144,7 +144,7 @@ def run_requests(wildcards) -> list[str]:
 
 def run_benchmarks(wildcards) -> set[str]:
     """The benchmarks among the run's requests."""
-    return {request.partition("@")[0] for request in run_requests(wildcards)}
+    return {EvalRequest.parse(request).benchmark for request in run_requests(wildcards)}
 
 
 def table_metrics(wildcards) -> list[str]:
@@ -156,17 +156,17 @@ def table_metrics(wildcards) -> list[str]:
 
 
 def figure_metrics(wildcards) -> list[str]:
-    """What the figure reads: its table's evaluation indexes; for training curves, its runs' best.pt
-    (written after train_log.jsonl, which is not a declared output); for Grad-CAM, the drawn models."""
+    """What the figure reads: its table's evaluation indexes; for training curves, its runs' weights
+    (written after the training log, which is not a declared output); for Grad-CAM, the drawn models."""
     if wildcards.name not in WF.figures:
         raise WorkflowError(f"figure {wildcards.name!r} is not in the config's figures ({sorted(WF.figures)})")
     figure = WF.figures[wildcards.name]
     # Imported here, not at parse time: matplotlib, torch and grad-cam cost seconds per parse
     # (and every cluster job parses the Snakefile again).
     if figure.kind == "loss":
-        from stages.reports.figures import loss_inputs
+        from stages.reports.figures import loss_runs
 
-        return [(path.parent / "best.pt").as_posix() for path in loss_inputs(WF, figure)]
+        return [run.best.as_posix() for run in loss_runs(WF, figure)]
     if figure.kind == "gradcam":  # it runs the models on the benchmark's images (under data_root)
         from stages.reports.gradcam import figure_inputs
 
@@ -180,9 +180,9 @@ def all_metrics(wildcards) -> list[str]:
 
 
 def workflow_yaml(wildcards) -> str:
-    """The validated config as YAML (what stages.reports reads), without the settings that change no report."""
-    execution = {"workers", "device", "compile", "checkpoint_every", "eval_batch_size", "eval_image_cache", "resources"}
-    return yaml.safe_dump(WF.model_dump(mode="json", exclude=execution), sort_keys=False)
+    """The validated config as YAML (what stages.reports reads), without the settings that change no report
+    (plan.report_config: execution settings such as tracking or log_every rebuild no table)."""
+    return yaml.safe_dump(plan.report_config(WF), sort_keys=False)
 
 
 def descriptor_arguments(wildcards) -> str:

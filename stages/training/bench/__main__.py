@@ -1,5 +1,7 @@
 """``python -m stages.training.bench``: see ``stages.training.bench.cli``."""
 
+import sys
+
 from stages.training.bench.cli import main
 
-main()
+sys.exit(main())

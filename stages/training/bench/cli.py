@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stages.cli import command
 from stages.io import atomic_write_json, atomic_write_text
 from stages.training.bench.report import render_markdown
 from stages.training.bench.run import DEFAULT_BANK, METHODS, run_benchmark
@@ -48,8 +49,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, write the JSON and the markdown summary, print the summary."""
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stages.training.bench``: `bench` (errors: one line, exit 2, stages.cli)."""
+    bench(argv)
+    return 0
+
+
+def bench(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, write the JSON and the markdown summary, print the summary; the result."""
     args = parse_args(argv)
     result = run_benchmark(args)
     summary = render_markdown(result)
