@@ -150,7 +150,7 @@ def run_check(args: argparse.Namespace, preset: Preset, work: Path) -> dict[str,
     return {
         "mode": preset.name, "preset": preset.name, "device": args.device, "precision": preset.precision,
         "started_at": started_at, "machine": machine_facts(device), "workers": workers,
-        "gpu_plan": describe(GPU, workers), "plan": describe(preset, workers), "overlapped_end_to_end": overlap,
+        "gpu_plan": describe(GPU, args.workers), "plan": describe(preset, workers), "overlapped_end_to_end": overlap,
         "sections": sections,
         "verdict": data_verdict(ok_result.get("data"), ok_result.get("step")),
         "ok": all(section["status"] in ("ok", "skipped") for section in sections.values()),
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.smoke:
         print("[gpu_check] CPU smoke run; on a GPU it would measure:\n" + "\n".join(
-            f"  - {line}" for line in describe(GPU, cpu_count() if args.workers is None else args.workers)),
+            f"  - {line}" for line in describe(GPU, args.workers)),
             file=sys.stderr, flush=True)
     try:
         record = run_check(args, preset, work)

@@ -82,7 +82,7 @@ def render_summary(record: dict[str, Any]) -> str:
                 f"{'met' if record['wall_s'] <= record['budget_s'] else 'missed'})"), "",
              f"- machine: {machine['device_name']}, {machine['cpus']} CPUs, torch {machine['torch']}"
              + (f", CUDA {machine['cuda']}, {machine['gpu_memory_gb']:.0f} GB, driver {machine['driver']}"
-                if machine.get("cuda_available") else "")]
+                if "gpu_memory_gb" in machine else "")]
     if smoke:
         lines += ["- tiny sizes on CPU (same code paths); **on a GPU it would measure**:",
                   *(f"  - {line}" for line in record["gpu_plan"])]

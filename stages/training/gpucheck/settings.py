@@ -95,14 +95,15 @@ SMOKE = Preset(
 )
 
 
-def describe(preset: Preset, workers: int) -> list[str]:
-    """One line per section: what it measures at this preset's sizes."""
+def describe(preset: Preset, workers: int | None) -> list[str]:
+    """One line per section: what it measures at this preset's sizes (`workers` None: the machine's CPUs)."""
     s, d, e, a = preset.step, preset.data, preset.end_to_end, preset.accumulation
+    loader_workers = "the machine's CPUs as" if workers is None else workers
     return [
         f"step: {', '.join(s.methods)} on {s.arch}, batch {s.batch_size}, {preset.precision}, {s.classes} classes, "
         f"median of {s.steps} steps after {s.warmup} warm-up, MFU from the device's bf16 peak",
         f"data: {d.files} JPEGs of {d.width} x {d.height} in {d.classes} classes, {d.samples} samples through the "
-        f"loop's DataLoader ({workers} workers, batch {d.micro_batch}) and {d.arch}'s train transform, images/s "
+        f"loop's DataLoader ({loader_workers} workers, batch {d.micro_batch}) and {d.arch}'s train transform, images/s "
         f"vs the step's samples/s",
         f"end-to-end: torchrun --nproc_per_node 1 -m stages.training ({e.method}, {e.arch}, {preset.precision}, "
         f"{e.steps} steps of {e.batch_size}, {preset.device}), python -m stages.evaluation, python -m stages.reports "
