@@ -5,7 +5,7 @@
   ``classnames.json``: the registered ``imagefolder`` dataset, which the training and evaluation CLIs
   read. The test suite's fixtures and the GPU readiness check (``stages.training.gpucheck``) use it.
 - `imagenet_like_folder`: ``<root>/imagefolder/train/<class>/<n>.JPEG`` at ImageNet's typical
-  500 x 375, JPEG quality 90 with smooth content plus noise (about ImageNet's bytes per image), for
+  500 x 375, JPEG quality 90 with smooth content plus noise (about 90 kB each), for
   timing the training data path (decode, crop, resize, normalise) on realistic inputs.
 """
 

@@ -123,7 +123,8 @@ def run_end_to_end(settings: EndToEndSettings, work: Path, device: str, precisio
         log_rows = [json.loads(line) for line in run_dir.log.read_text().splitlines() if line.strip()]
         facts["train"] = {"device": record.get("device"), "world_size": record.get("world_size"),
                           "precision": run.precision, "total_steps": record.get("total_steps"),
-                          "log_rows": len(log_rows), "last_loss": next((row["loss"] for row in reversed(log_rows) if "loss" in row), None)}
+                          "log_rows": len(log_rows),
+                          "last_loss": next((row["loss"] for row in reversed(log_rows) if "loss" in row), None)}
     if stages_run.get("evaluate", {}).get("ok"):
         metrics = json.loads(run_dir.metrics(requests[0]).read_text())
         facts["evaluate"] = {"request": requests[0], "n": metrics.get("n"), "metrics": metrics.get("metrics"),
