@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv llm-extras slurm-deps demo-data demo test bench clean
+.PHONY: venv llm-extras slurm-deps demo-data demo test bench gpu-check gpu-check-smoke clean
 
 venv: $(VENV)/.installed
 
@@ -63,6 +63,13 @@ test: venv llm-extras slurm-deps demo-data
 bench: venv
 	$(PY) -m stages.training.bench --arch TinyCLIP-test --batch-size 32 --steps 20 --warmup 3 --classes 100
 	$(PY) -m stages.training.bench --arch ViT-B-16 --batch-size 8 --steps 5 --warmup 1 --classes 8
+
+# GPU readiness check (docs/bench.md): on one GPU, < 8 min, offline; the smoke run is its CPU version (CI).
+gpu-check: venv
+	$(PY) scripts/gpu_check.py
+
+gpu-check-smoke: venv
+	$(PY) scripts/gpu_check.py --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import pickle
-import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from stages.data import synthetic
 from stages.data.layout import data_file
-from stages.data.source import LabeledImages
 
 
 def image(path: Path, value: int = 128) -> Path:
@@ -250,34 +248,5 @@ def imagenet_unsorted_val(root: Path, wnids: list[str], labels: str) -> None:
         "".join(f"{order.index(wnid) + 1}\n" for wnid in wnids))
 
 
-COLOURS = {"red square": (200, 40, 40), "green circle": (40, 200, 40), "blue triangle": (40, 40, 200),
-           "yellow star": (200, 200, 40)}
-
-
-def colour_images(split: str, count: int) -> LabeledImages:
-    """`count` 32x32 coloured-noise images in memory, 4 classes; `split` seeds the draw.
-
-    Each class has its own mean colour, so a model can learn it."""
-    rng = np.random.default_rng(zlib.crc32(split.encode()))
-    palette = np.array(list(COLOURS.values()), dtype=np.float64)
-    labels = [int(label) for label in rng.integers(0, len(COLOURS), size=count)]
-    images = [np.clip(palette[label] + rng.normal(0, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8) for label in labels]
-    return LabeledImages(name="colours", classnames=list(COLOURS), images=images, labels=labels)
-
-
-def colour_folder(root: Path, counts: dict[str, int]) -> Path:
-    """The colour images as ``root/imagefolder/<split>/<class>/<n>.png`` (lossless), with
-    ``classnames.json`` keeping `COLOURS`' label order; returns `root`.
-
-    A registered dataset on disk rather than one registered by the tests: training and evaluation
-    subprocesses (the CLIs, torchrun) read it too."""
-    base = root / "imagefolder"
-    folders = [name.replace(" ", "_") for name in COLOURS]
-    for split, count in counts.items():
-        source = colour_images(split, count)
-        for n, (pixels, label) in enumerate(zip(source.images, source.labels)):
-            path = base / split / folders[label] / f"{n}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    (base / "classnames.json").write_text(json.dumps(dict(zip(folders, COLOURS))))
-    return root
+# The coloured-noise images live in the package (the GPU readiness check generates them too).
+COLOURS, colour_images, colour_folder = synthetic.COLOURS, synthetic.colour_images, synthetic.colour_folder

@@ -124,6 +124,15 @@ class EpochSampler(Sampler):
         return ((self.epoch, int(index)) for index in order)
 
 
+def train_loader(samples: TrainingSamples, micro_batch: int, sampler: Sampler, workers: int,
+                 device: torch.device, timeout: float = 0) -> DataLoader:
+    """The training DataLoader of one epoch: `sampler`'s keys in micro-batches, `workers` processes,
+    pinned memory on CUDA (the GPU readiness check, ``stages.training.gpucheck``, times this one)."""
+    return DataLoader(samples, batch_size=micro_batch, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", collate_fn=collate_samples, worker_init_fn=ignore_stop_signals,
+                      timeout=timeout if workers else 0)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """lr multiplier: linear warm-up (t+1)/W for t < W, then cosine from 1 to 0 at `total_steps`."""
 
@@ -639,9 +648,7 @@ def run_steps(run: Training, stops: StopRequests) -> str | None:
             epoch, step_in_epoch = divmod(run.step, run.steps_per_epoch)
             sampler = EpochSampler(len(run.samples), config.seed, epoch, start=step_in_epoch * optim.batch_size,
                                    rank=run.dist.rank, world_size=run.dist.world_size)
-            micro_batches = iter(DataLoader(run.samples, batch_size=run.micro_batch, sampler=sampler,
-                                            num_workers=config.data.workers, pin_memory=run.device.type == "cuda",
-                                            collate_fn=collate_samples, worker_init_fn=ignore_stop_signals))
+            micro_batches = iter(train_loader(run.samples, run.micro_batch, sampler, config.data.workers, run.device))
             for _ in range(step_in_epoch, run.steps_per_epoch):
                 group = [batch for _, batch in zip(range(optim.accum_steps), micro_batches)]
                 if not group:
