@@ -77,3 +77,20 @@ def test_cli_missing_concept_is_one_error_line(tmp_path: Path, capsys: pytest.Ca
     assert main(["compare", str(bank_a), str(bank_a), "--concept", "texture", "--model", "TinyCLIP-test",
                  "--pretrained", "none", "--out", str(tmp_path)]) == 1
     assert "concept 'texture' is not in this bank" in capsys.readouterr().err
+
+
+def test_the_workflow_compares_table_12s_banks_with_its_reference_and_the_demo_none(tmp_path: Path) -> None:
+    import yaml
+
+    from stages import plan
+    from stages.config import validate_workflow_config
+
+    repo = Path(__file__).resolve().parents[1]
+    paper = validate_workflow_config(yaml.safe_load((repo / "config/paper.yaml").read_text()))
+    (comparison,) = plan.bank_comparisons(paper)
+    assert comparison == plan.BankComparison("llama-3.3-70b-instruct", "official-code", "background", "ViT-B-16", "openai")
+    assert plan.bank_comparisons(paper, 12) == [comparison] and plan.bank_comparisons(paper, 2) == []
+    assert [path.name for path in comparison.outputs(Path("results"))] == [
+        f"llama-3.3-70b-instruct_vs_official-code.{suffix}" for suffix in ("json", "md", "png")]
+    demo = validate_workflow_config(yaml.safe_load((repo / "config/config.yaml").read_text()))
+    assert plan.bank_comparisons(demo) == []
