@@ -29,10 +29,10 @@ $(VENV)/.llm-extras: $(VENV)/.installed
 	@touch $@
 
 # The embedded demo (config/config.yaml): Fashion-MNIST data, a tiny CLIP pretrained here, every
-# method x 3 seeds, the Table 2/3/4/10 analogues and table 30. Offline on CPU; a rerun is a no-op.
+# method x 3 seeds, the Table 2/3/4/10 analogues, table 30 and table 31 (calibration). Offline on CPU; a rerun is a no-op.
 demo: venv demo-data
 	$(PY) -m snakemake --cores 2 --quiet rules
-	@echo "Demo tables: results/table{2,3,4,10,30}.md (CSV beside them), figures: results/figure_*.png"
+	@echo "Demo tables: results/table{2,3,4,10,30,31}.md (CSV beside them), figures: results/figure_*.png"
 
 # Debian packages a target needs, installed with apt-get when missing and we are root. Never fails:
 # $(call apt_install,TARGET,TEST THAT THEY ARE PRESENT,PACKAGES,WHAT HAPPENS WITHOUT THEM)

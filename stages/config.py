@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import AfterValidator, Field, ValidationError, WithJsonSchema, model_validator
 
@@ -272,7 +272,21 @@ def load_train_config(path: Path, overrides: dict | None = None) -> TrainConfig:
 # --------------------------------------------------------------------------------------------
 
 Metric = Literal["top1", "worst_group", "mean_group", "adjusted_mean", "macro_f1", "worst_region", "minority_mean",
-                 "shortcut_rate", "swap_rate"]
+                 "shortcut_rate", "swap_rate", "ece", "nll"]
+
+
+class MetricFormat(NamedTuple):
+    """How tables and figures show a metric: the factor on its metrics-JSON value, decimals, the unit."""
+
+    scale: float = 100.0
+    decimals: int = 2
+    unit: str = "%"
+
+
+METRIC_FORMATS: dict[str, MetricFormat] = {
+    **{metric: MetricFormat() for metric in get_args(Metric)},  # fractions in [0, 1], shown in percent (ECE too)
+    "nll": MetricFormat(scale=1.0, decimals=3, unit="nats"),  # negative log-likelihood: shown as it is
+}
 RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -339,10 +353,14 @@ class TableSpec(Strict):
         unknown = sorted({c.train_set for c in self.columns if c.train_set} - set(self.train_sets))
         if unknown:
             raise ValueError(f"columns name train sets {unknown} that are not in this table's train_sets")
+        metric = {column.label: column.metric for column in self.columns}
         for name, parts in self.averages.items():
             unknown = sorted(set(parts) - set(labels))
             if unknown or not parts:
                 raise ValueError(f"averages.{name}: {unknown or 'no'} columns; columns are {labels}")
+            if len({METRIC_FORMATS[metric[part]] for part in parts}) > 1:
+                raise ValueError(f"averages.{name}: its columns' metrics {sorted({metric[part] for part in parts})} "
+                                 "are shown in different units (METRIC_FORMATS); average columns of one unit")
         if self.rank is not None and self.rank in [*labels, *self.averages]:
             raise ValueError(f"rank: {self.rank!r} is already a column label")
         if self.alphas and (self.id_column not in labels or "ensemble" not in self.rows):

@@ -174,6 +174,39 @@ def table_inputs(config: WorkflowConfig, number: int) -> list[Path]:
     return sorted({run_dir.metrics(request) for run_dir, request in table_requests(config, number)})
 
 
+@dataclass(frozen=True)
+class BankComparison:
+    """One ``python -m stages.descriptors compare`` a table asks for: a bank against the table's reference bank."""
+
+    bank: str
+    reference: str
+    concept: str
+    model: str
+    pretrained: str
+
+    def outputs(self, results: Path) -> list[Path]:
+        """``<results>/bank_compare/<bank>_vs_<reference>.{json,md,png}``."""
+        return [Path(results) / "bank_compare" / f"{self.bank}_vs_{self.reference}.{suffix}"
+                for suffix in ("json", "md", "png")]
+
+
+def bank_comparisons(config: WorkflowConfig, number: int | None = None) -> list[BankComparison]:
+    """The comparisons beside table `number` (every table's when None): a table with ``bank`` among
+    its rows and more than one bank compares each later bank with its first (the reference), in the
+    text space of the table's first arch, on its one concept (``all`` when it has several)."""
+    comparisons: dict[tuple[str, str], BankComparison] = {}
+    for key in ([number] if number is not None else list(config.tables)):
+        table = config.tables[key]
+        if "bank" not in table.rows or len(table.banks or ()) < 2:
+            continue
+        arch = (table.archs or list(config.archs))[0]
+        concept = table.concepts[0] if len(table.concepts) == 1 else "all"
+        reference, *others = table.banks
+        for bank in others:
+            comparisons.setdefault((bank, reference), BankComparison(bank, reference, concept, arch, config.archs[arch]))
+    return list(comparisons.values())
+
+
 def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
     """The evaluation indexes of the runs table `number` reads (what the report rule waits for)."""
     return sorted({run_dir.eval_index for run_dir, _ in table_requests(config, number)})

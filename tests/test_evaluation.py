@@ -85,6 +85,55 @@ def test_worst_region_excludes_other() -> None:
     assert results["worst_region"] == 0.5 and results["top1"] == pytest.approx(0.5)
 
 
+def _reference_ece(confidences: list[float], correct: list[bool], bins: int = 15) -> float:
+    """Guo et al.'s ECE, bin by bin in float64: bin b holds (b/bins, (b+1)/bins] (0 in the first)."""
+    edges = [b / bins for b in range(bins + 1)]
+    total = 0.0
+    for b in range(bins):
+        members = [i for i, c in enumerate(confidences) if (edges[b] < c or (b == 0 and c == 0.0)) and c <= edges[b + 1]]
+        if members:
+            accuracy = sum(correct[i] for i in members) / len(members)
+            confidence = sum(confidences[i] for i in members) / len(members)
+            total += len(members) / len(confidences) * abs(accuracy - confidence)
+    return total
+
+
+def test_ece_hand_computed_right_inclusive_bins_and_one_in_the_last_bin() -> None:
+    edge = float(np.linspace(0, 1, 16)[6])  # 6/15: right edge of bin 5
+    confidences = [0.95, 1.0, 0.5, edge, 0.42]
+    correct = [True, False, True, False, True]
+    # bin 14 (14/15, 1]: {0.95 right, 1.0 wrong} -> |0.5 - 0.975| x 2/5; bin 7: |1 - 0.5| x 1/5;
+    # bin 5 (1/3, 2/5]: |0 - 0.4| x 1/5; bin 6 (2/5, 7/15]: |1 - 0.42| x 1/5.
+    expected = (2 * 0.475 + 0.5 + edge + 0.58) / 5
+    assert metrics.expected_calibration_error(np.array(confidences), np.array(correct)) == pytest.approx(expected, abs=1e-15)
+    assert expected == pytest.approx(0.486)
+    # torchmetrics' bins, [b/15, (b+1)/15) and a 16th bin for exactly 1.0, would give 0.346 here.
+    assert _reference_ece(confidences, correct) == pytest.approx(expected, abs=1e-15)
+    assert metrics.expected_calibration_error(np.array([1.0, 1.0]), np.array([True, True])) == 0.0
+    with pytest.raises(ValueError, match="probabilities"):
+        metrics.expected_calibration_error(np.array([1.5]), np.array([True]))
+
+
+def test_ece_and_nll_equal_a_plain_float64_reference_on_random_logits() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, 7, generator=generator, dtype=torch.float64) * 3.0
+    logits[:20] *= 40.0  # saturated softmaxes: confidences of exactly 1.0
+    labels = torch.randint(0, 7, (400,), generator=generator)
+    probabilities = logits.softmax(dim=1)
+    confidences, predictions = probabilities.max(dim=1)
+    assert (confidences == 1.0).any()
+    ece = metrics.expected_calibration_error(confidences.numpy(), (predictions == labels).numpy())
+    reference = _reference_ece(confidences.tolist(), (predictions == labels).tolist())
+    assert ece == pytest.approx(reference, abs=1e-12) and 0.0 < ece < 1.0
+    import math
+    plain_nll = sum(-math.log(sum(math.exp(v - max(row)) for v in row)) * -1 - (row[y] - max(row)) for row, y in
+                    zip(logits.tolist(), labels.tolist())) / 400  # log-sum-exp minus the label's logit
+    label_log_probs = logits.log_softmax(dim=1).gather(1, labels[:, None])[:, 0]
+    assert metrics.negative_log_likelihood(label_log_probs.numpy()) == pytest.approx(plain_nll, rel=1e-12)
+    assert metrics.negative_log_likelihood(label_log_probs.numpy()) == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-12)
+
+
 def test_projection_scores_the_sublist_columns_only() -> None:
     subset = [1, 2, 4]
     logits = torch.zeros(2, 1000)
@@ -133,16 +182,27 @@ def test_head_cache_reuses_disk_heads_and_keys_on_the_text_state(tiny: LoadedMod
 
 # --- end to end -------------------------------------------------------------------------------------------
 
-def _reference_top1(tiny: LoadedModel, root: Path) -> tuple[float, list[int]]:
-    """Waterbirds test accuracy computed image by image, with the Table 14 prompt."""
+def _reference_scores(tiny: LoadedModel, root: Path) -> tuple[float, list[int], float, float]:
+    """Waterbirds test accuracy, ECE and NLL computed image by image, with the Table 14 prompt
+    and the model's own logit scale."""
     source = build_dataset("waterbirds", root, "test")
     head = text_head(tiny.bundle.model, tiny.bundle.tokenizer, source.classnames, ["This is a picture of a {c}."])
-    predictions = []
+    scale = tiny.bundle.model.logit_scale.exp().item()
+    predictions, confidences, nll = [], [], 0.0
     with torch.no_grad():
-        for path in source.images:
+        for path, label in zip(source.images, source.labels):
             feature = tiny.bundle.model.encode_image(tiny.bundle.preprocess_val(load_image(path))[None])
-            predictions.append(int((F.normalize(feature, dim=-1) @ head.T).argmax()))
-    return float(np.mean(np.array(predictions) == np.array(source.labels))), predictions
+            logits = (scale * F.normalize(feature, dim=-1) @ head.T)[0].double()
+            predictions.append(int(logits.argmax()))
+            confidences.append(float(logits.softmax(0).max()))
+            nll -= float(logits.log_softmax(0)[label]) / len(source)
+    correct = [p == y for p, y in zip(predictions, source.labels)]
+    return float(np.mean(correct)), predictions, _reference_ece(confidences, correct), nll
+
+
+def _reference_top1(tiny: LoadedModel, root: Path) -> tuple[float, list[int]]:
+    """Waterbirds test accuracy computed image by image, with the Table 14 prompt."""
+    return _reference_scores(tiny, root)[:2]
 
 
 def test_cli_zero_shot_waterbirds_end_to_end(tiny: LoadedModel, tmp_path: Path) -> None:
@@ -158,11 +218,13 @@ def test_cli_zero_shot_waterbirds_end_to_end(tiny: LoadedModel, tmp_path: Path) 
     assert payload["model"] | {"head": None} == {"name": TINY, "pretrained": "none", "run_dir": None, "checkpoint": None,
                                                 "checkpoint_sha256": None, "alpha": None, "head": None}
     assert payload["model"]["head"] == "text"
-    assert set(payload["metrics"]) == {"top1", "worst_group", "mean_group", "adjusted_mean"}
-    assert all(0.0 <= value <= 1.0 for value in payload["metrics"].values())
+    assert set(payload["metrics"]) == {"top1", "worst_group", "mean_group", "adjusted_mean", "ece", "nll"}
+    assert all(0.0 <= value <= 1.0 for key, value in payload["metrics"].items() if key != "nll")  # nll: nats
     assert [row["group"] for row in payload["groups"]] == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
-    expected_top1, _ = _reference_top1(tiny, tmp_path / "data")
+    expected_top1, _, expected_ece, expected_nll = _reference_scores(tiny, tmp_path / "data")
     assert payload["metrics"]["top1"] == pytest.approx(expected_top1)
+    assert payload["metrics"]["ece"] == pytest.approx(expected_ece, abs=1e-5)
+    assert payload["metrics"]["nll"] == pytest.approx(expected_nll, rel=1e-5) and payload["metrics"]["nll"] > 0
     assert payload["metrics"]["worst_group"] == min(row["top1"] for row in payload["groups"])
     adjusted = sum(row["top1"] * n for row, n in zip(payload["groups"], (7, 1, 2, 5))) / 15  # train shares
     assert payload["metrics"]["adjusted_mean"] == pytest.approx(adjusted)
@@ -309,6 +371,7 @@ def test_requests_equal_single_evaluations_and_keep_current_files(tmp_path: Path
 
     index = requests("waterbirds", "waterbirds@alpha0.5", "pacs@alpha0.5")
     assert [row["computed"] for row in index["requests"]] == [True, True, True]
+    assert {"ece", "nll"} <= set(json.loads((eval_dir / "pacs@alpha0.5.json").read_text())["metrics"])
     for name, extra in (("waterbirds", ()), ("waterbirds@alpha0.5", ("--alpha", "0.5")), ("pacs@alpha0.5", ("--alpha", "0.5"))):
         single = _run_cli(tmp_path, run_dir, name.partition("@")[0], *extra)
         together = json.loads((eval_dir / f"{name}.json").read_text())
@@ -318,6 +381,14 @@ def test_requests_equal_single_evaluations_and_keep_current_files(tmp_path: Path
     index = requests("waterbirds", "waterbirds@alpha0.5", "pacs")  # one new request: only it is computed
     assert [row["computed"] for row in index["requests"]] == [False, False, True]
     assert {name: (eval_dir / f"{name}.json").read_bytes() for name in kept} == kept
+    # A file from before ECE and NLL were metrics is recomputed, not kept.
+    old = json.loads((eval_dir / "waterbirds.json").read_text())
+    old["metrics"] = {key: value for key, value in old["metrics"].items() if key not in ("ece", "nll")}
+    (eval_dir / "waterbirds.json").write_text(json.dumps(old))
+    index = requests("waterbirds", "waterbirds@alpha0.5")
+    assert [row["computed"] for row in index["requests"]] == [True, False]
+    recomputed = json.loads((eval_dir / "waterbirds.json").read_text())
+    assert recomputed["metrics"] == json.loads(kept["waterbirds"])["metrics"]
     # A retrained run (another checkpoint) is evaluated afresh.
     _fake_run(run_dir, ["landbird", "waterbird"], perturbation=0.02)
     index = requests("waterbirds", "waterbirds@alpha0.5")

@@ -104,3 +104,28 @@ def test_table5_average_rank_reproduces_the_papers_from_its_own_numbers(paper: W
     assert ranked["StarFT"].mean == pytest.approx((1 + 2 + 1 + 2 + 1 + 3) / 6)
     text = markdown(table)
     assert "| StarFT | 97.20 ± 0.00 [97.20, +0.00]" in text and "| 1.67 [1.70, -0.03] |" in text
+
+
+def test_calibration_table_ece_in_percent_and_nll_as_it_is(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    raw["results"] = str(tmp_path)
+    demo = validate_workflow_config(raw)
+    for cell in plan.table_cells(demo, 31):
+        if cell.run.method == "flyp":
+            for benchmark in ("demo-id", "demo-sketch", "demo-rendition"):
+                write_metrics(cell.eval_path(demo.results, benchmark), top1=0.5, ece=0.1234 + 0.01 * cell.seed,
+                              nll=1.23456 + 0.1 * cell.seed)
+    table = build_table(demo, 31)
+    row = next(r for r in table.rows if r.labels == ["FLYP"])
+    assert row.stats["ECE ID"].mean == pytest.approx(13.34) and row.stats["NLL ID"].mean == pytest.approx(1.33456)
+    text = markdown(table)
+    assert "| FLYP | 13.34 ± 1.00 | 13.34 ± 1.00 | 13.34 ± 1.00 | 1.335 ± 0.100 | 1.335 ± 0.100 | 1.335 ± 0.100 |" in text
+    assert "1.335,0.100,3" in tables.csv_text(table)
+
+
+def test_an_average_of_columns_in_different_units_is_refused() -> None:
+    raw = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    raw["tables"][31]["columns"] = [dict(column) for column in raw["tables"][31]["columns"]]
+    raw["tables"][31]["columns"][1]["metric"] = "nll"
+    with pytest.raises(Exception, match="different units"):
+        validate_workflow_config(raw)

@@ -84,8 +84,9 @@ def test_paper_all_tables_dry_run_plans_the_grid(tmp_path: Path) -> None:
     evaluate = train + 7
     assert job_counts(result.stdout) == {
         "descriptor_bank": 1, "train": train, "run_config": train, "evaluate": evaluate, "all_results": 1,
-        "workflow_config": 1, "report": 11, "figure": 4, "all": 1, "total": 2 * train + evaluate + 19,
-    }
+        "workflow_config": 1, "report": 12, "figure": 4, "all": 1, "bank_compare": 1,
+        "total": 2 * train + evaluate + 21,
+    }  # report 12: Tables 2-12 and 31 (calibration); bank_compare: the Llama bank vs the official one (Table 12)
     assert train + evaluate <= 350  # the paper grid's compute jobs (1,779 with one job per benchmark and α)
 
 

@@ -1,9 +1,10 @@
-"""Command line: ``python -m stages.descriptors {generate,validate,import-published} ...``.
+"""Command line: ``python -m stages.descriptors {generate,validate,import-published,compare} ...``.
 
 ``generate`` runs the paper's three-step protocol against an LLM and writes a bank (refusing to
 put different content over an existing file); ``validate`` checks bank files (schema, template
-slots, sha256); ``import-published`` turns a published descriptor list into a bank. Errors are
-printed as one ``error: ...`` line (exit status 2, stages.cli), never with the API key.
+slots, sha256); ``import-published`` turns a published descriptor list into a bank; ``compare``
+measures one bank against another (overlap, nearest neighbours in CLIP text space, coverage). Errors
+are printed as one ``error: ...`` line (exit status 2, stages.cli), never with the API key.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from stages.cli import command as cli_command
+from stages.descriptors import compare
 from stages.descriptors.bank import load_bank
 from stages.descriptors.generate import (
     BACKENDS,
@@ -78,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("source", type=Path, help='JSON {"source": ..., "concepts": {concept: [descriptors]}}')
     imp.add_argument("--model", required=True, help="where the list comes from, e.g. alinlab/StarFT@4d11b94")
     imp.add_argument("--out", type=Path, required=True)
+
+    cmp = commands.add_parser("compare", help="compare a bank with another (default: the official bank)")
+    cmp.add_argument("bank_a", type=Path, metavar="BANK_A")
+    cmp.add_argument("bank_b", type=Path, nargs="?", default=compare.REFERENCE_BANK, metavar="BANK_B",
+                     help=f"reference bank (default {compare.REFERENCE_BANK})")
+    cmp.add_argument("--concept", default="all", help="concept to compare, or 'all' (the union; default)")
+    cmp.add_argument("--model", default=compare.DEFAULT_MODEL, help="open_clip architecture of the text space")
+    cmp.add_argument("--pretrained", default=compare.DEFAULT_PRETRAINED, help="its pretrained tag or weights file")
+    cmp.add_argument("--threshold", type=float, default=compare.COVERAGE_COSINE,
+                     help="cosine at which a nearest neighbour covers a descriptor")
+    cmp.add_argument("--out", type=Path, default=Path("results/bank_compare"), help="folder (default results/bank_compare)")
+    cmp.add_argument("--name", help="file stem of the outputs (default <A>_vs_<B> from the bank paths)")
     return parser
 
 
@@ -133,6 +147,19 @@ def _import(args: argparse.Namespace) -> None:
     log.info("%s %s (sha256 %s)", "wrote" if written else "unchanged", args.out, bank.sha256[:12])
 
 
+def _compare(args: argparse.Namespace) -> None:
+    """The ``compare`` sub-command: writes <out>/<name>.{json,md,png} and prints the headline numbers."""
+    name = args.name or f"{compare.bank_label(args.bank_a)}_vs_{compare.bank_label(args.bank_b)}"
+    result = compare.compare_banks(args.bank_a, args.bank_b, concept=args.concept, model=args.model,
+                                   pretrained=args.pretrained, threshold=args.threshold)
+    paths = compare.write_comparison(result, args.out, name)
+    a, b = result["a_vs_b"], result["b_vs_a"]
+    log.info("%s: sizes %d / %d, exact %d / %d, near %d / %d, coverage %.1f %% / %.1f %% -> %s",
+             name, result["banks"]["a"]["size"], result["banks"]["b"]["size"], a["exact_in_other"], b["exact_in_other"],
+             a["near_in_other"], b["near_in_other"], 100 * a["coverage"], 100 * b["coverage"],
+             ", ".join(map(str, paths)))
+
+
 @cli_command
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; return the exit status (an error: one line, status 2, stages.cli)."""
@@ -140,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("httpx", "httpx2"):  # the openai client's HTTP layer logs every request URL at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    command = {"generate": _generate, "validate": _validate, "import-published": _import}[args.command]
+    command = {"generate": _generate, "validate": _validate, "import-published": _import,
+               "compare": _compare}[args.command]
     command(args)
     return 0
 

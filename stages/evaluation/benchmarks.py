@@ -25,6 +25,8 @@ WORST_REGION = "worst_region"
 TRAIN_WEIGHTED = "train_weighted"  # adjusted_mean: group accuracies weighted by the train split's group shares
 SHORTCUT = "shortcut"  # minority_mean, shortcut_rate (the demo, where class c lives on its home background)
 SWAP = "swap"  # swap_rate: how often replacing only the background changes the prediction (the demo)
+ALWAYS_METRICS = ("top1", "ece", "nll")
+"""The metrics every benchmark's metrics JSON holds (ECE and NLL from the same softmax as the prediction)."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,20 @@ def get_benchmark(name: str) -> Benchmark:
 
 
 def score(
-    bench: Benchmark, source: LabeledImages, predictions: np.ndarray
+    bench: Benchmark, source: LabeledImages, predictions: np.ndarray, confidences: np.ndarray | None = None,
+    label_log_probs: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """The ``metrics`` dict and the per-group table of `predictions` (labels in the dataset's class order)."""
+    """The ``metrics`` dict and the per-group table of `predictions` (labels in the dataset's class order).
+
+    With the top-1 softmax `confidences` and each image's `label_log_probs` (``run.predict``), the
+    dict also holds ``ece`` and ``nll`` (``ALWAYS_METRICS``); without them, the accuracy metrics only.
+    """
     labels = np.asarray(source.labels)
     results = {"top1": metrics.top1(predictions, labels)}
+    if confidences is not None:
+        results["ece"] = metrics.expected_calibration_error(confidences, np.asarray(predictions) == labels)
+    if label_log_probs is not None:
+        results["nll"] = metrics.negative_log_likelihood(label_log_probs)
     table: list[dict[str, Any]] = []
     if source.groups is not None and source.group_names is not None:
         table = metrics.group_accuracies(predictions, labels, np.asarray(source.groups), source.group_names)

@@ -13,6 +13,15 @@
   pairs of renders predicted differently, averaged over objects.
 - worst-region (FMoW): worst-group over the regions, ``Other`` excluded, as WILDS does.
 - projection (IN-R / IN-A): keep the 1000-way logits' columns of the 200-class sub-list.
+- expected calibration error (ECE, Guo et al. 2017; CaRot's table metric): the top-1 confidences
+  (max softmax probability) in ``ECE_BINS`` = 15 equal-width bins ``(b/15, (b+1)/15]`` (right-
+  inclusive, a confidence of exactly 1 in the last bin); ECE = sum_b (n_b / n) |acc_b - conf_b|,
+  a fraction in [0, 1]. torchmetrics' ``MulticlassCalibrationError(n_bins=15, norm="l1")`` is the
+  same sum, but its bins are ``[b/15, (b+1)/15)`` with a 16th bin holding the confidences of exactly
+  1.0 (``bucketize(right=True)``; its issue #3510): the two differ only when confidences sit exactly
+  on a bin edge, which for CLIP at logit scale 100 means saturated softmaxes (confidence 1.0 in float32).
+- negative log-likelihood (NLL): the mean over images of -log softmax(logits)[label], in nats, at
+  the logits the classifier scores with (docs/evaluation.md says which scale); not a fraction.
 """
 
 from __future__ import annotations
@@ -113,6 +122,36 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
         predicted, actual = np.sum(predictions == cls), np.sum(labels == cls)
         scores.append(0.0 if true_positive == 0 else 2.0 * true_positive / (predicted + actual))
     return float(np.mean(scores))
+
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of top-1 `confidences` (each in [0, 1]) and whether each top-1 prediction was `correct`.
+
+    Bin b holds the confidences in ``(b/bins, (b+1)/bins]`` (0 joins the first bin); the result is
+    sum_b |sum of correct_b - sum of confidences_b| / n, i.e. the bin-fraction-weighted
+    |accuracy - mean confidence|, computed in float64.
+    """
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidences) == 0 or confidences.shape != correct.shape:
+        raise ValueError(f"ECE needs as many confidences as outcomes, at least one: {confidences.shape}, {correct.shape}")
+    if np.any(confidences < 0) or np.any(confidences > 1) or np.isnan(confidences).any():
+        raise ValueError("ECE: confidences must be probabilities in [0, 1]")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, bins - 1)  # edges[b] < c <= edges[b+1]
+    gaps = np.bincount(index, weights=correct, minlength=bins) - np.bincount(index, weights=confidences, minlength=bins)
+    return float(np.abs(gaps).sum() / len(confidences))
+
+
+def negative_log_likelihood(label_log_probs: np.ndarray) -> float:
+    """Mean of -log p(label) over images, from each image's log-probability of its true label (nats)."""
+    label_log_probs = np.asarray(label_log_probs, dtype=np.float64)
+    if len(label_log_probs) == 0:
+        raise ValueError("NLL of zero samples is undefined")
+    return float(-label_log_probs.mean())
 
 
 def project_logits(logits: torch.Tensor, class_indices: Sequence[int] | None) -> torch.Tensor:

@@ -19,6 +19,10 @@ is kept, not recomputed, so adding a benchmark or an α to a table only computes
 
 The JSON holds ``benchmark``, ``model`` (name, pretrained, run dir, checkpoint and its sha256,
 WiSE-FT alpha, which head scored it), ``n``, ``metrics``, ``groups`` and ``images_per_s``.
+Every benchmark's ``metrics`` hold ``top1``, ``ece`` and ``nll``: the calibration metrics use the
+softmax of the logits that also give the prediction, i.e. of a text head scaled by the scored
+model's own ``logit_scale.exp()`` (100 for OpenAI CLIP as released; a fine-tuned contrastive run's
+learned scale), or of a trained head's logits (FT, CAR-FT, Lipsum-FT: the head carries its scale).
 
 Which classifier scores a benchmark: a run with a trained head (FT, CAR-FT, Lipsum-FT) uses it
 when the benchmark's head classes equal the head's class names; every other case builds a
@@ -37,7 +41,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +50,7 @@ from tqdm import tqdm
 
 from stages.data.source import LabeledImages, build_dataset
 from stages.errors import PipelineError
-from stages.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark, score
+from stages.evaluation.benchmarks import ALWAYS_METRICS, BENCHMARKS, Benchmark, get_benchmark, score
 from stages.evaluation.image_cache import evaluation_images
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.heads import HeadCache, text_head
@@ -158,6 +162,15 @@ def check_class_counts(bench: Benchmark, source: LabeledImages, weight: torch.Te
         )
 
 
+class Scores(NamedTuple):
+    """What :func:`predict` returns, per image in dataset order, and the speed achieved."""
+
+    predictions: np.ndarray  # argmax class (dataset class order)
+    images_per_s: float
+    confidences: np.ndarray  # top-1 softmax probability
+    label_log_probs: np.ndarray  # log softmax probability of the image's true label
+
+
 def predict(
     bundle: ClipBundle,
     weight: torch.Tensor,
@@ -169,29 +182,40 @@ def predict(
     device: torch.device,
     desc: str,
     image_cache: Path | None = None,
-) -> tuple[np.ndarray, float]:
-    """Argmax predictions over `source` (in the dataset's class order) and the images/s achieved.
+) -> Scores:
+    """Argmax predictions over `source` (in the dataset's class order), their softmax confidences and
+    true-label log-probabilities, and the images/s achieved.
 
-    With `image_cache`, decoded crops are read from (or first written to) that folder
-    (stages/evaluation/image_cache.py); the predictions are the same.
+    The logits are ``normalised image features @ weight.T`` (the head carries its scale), projected
+    to the dataset's classes, in float32 outside autocast (the image tower alone runs in bf16 on
+    GPU); the softmax is over the projected classes. With `image_cache`, decoded crops are read
+    from (or first written to) that folder (stages/evaluation/image_cache.py); the results are the same.
     """
     model = bundle.model.to(device).eval()
-    weight = weight.to(device)
+    weight = weight.to(device).float()
     loader = torch.utils.data.DataLoader(
         evaluation_images(source, bundle.preprocess_val, image_cache, workers), batch_size=batch_size, shuffle=False,
         num_workers=workers, pin_memory=device.type == "cuda",
     )
-    predictions = []
+    predictions, confidences, label_log_probs = [], [], []
     start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode():
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-            features = F.normalize(model.encode_image(batch["image"].to(device, non_blocking=True)).float(), dim=-1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                features = model.encode_image(batch["image"].to(device, non_blocking=True))
+            features = F.normalize(features.float(), dim=-1)
             logits = project_logits(features @ weight.T, class_indices)
-            predictions.append(logits.argmax(dim=-1).cpu())
+            predicted = logits.argmax(dim=-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            labels = torch.as_tensor(batch["label"], device=device).long()
+            predictions.append(predicted.cpu())
+            confidences.append(log_probs.gather(1, predicted[:, None])[:, 0].exp().cpu())
+            label_log_probs.append(log_probs.gather(1, labels[:, None])[:, 0].cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return torch.cat(predictions).numpy(), len(source) / seconds
+    return Scores(torch.cat(predictions).numpy(), len(source) / seconds, torch.cat(confidences).double().numpy(),
+                  torch.cat(label_log_probs).double().numpy())
 
 
 def evaluate(
@@ -210,14 +234,14 @@ def evaluate(
     bench = get_benchmark(benchmark)
     source = source or build_dataset(bench.dataset, data_root, bench.split)
     weight, kind = classifier(bench, source, loaded, cache or HeadCache())
-    predictions, images_per_s = predict(
+    scores = predict(
         loaded.bundle, weight, source, bench.class_indices(source),
         batch_size=batch_size, workers=workers, device=torch.device(device), desc=bench.name, image_cache=image_cache,
     )
-    results, groups = score(bench, source, predictions)
+    results, groups = score(bench, source, scores.predictions, scores.confidences, scores.label_log_probs)
     return {
         "benchmark": bench.name, "model": {**loaded.identity, "head": kind}, "n": len(source),
-        "metrics": results, "groups": groups, "images_per_s": images_per_s,
+        "metrics": results, "groups": groups, "images_per_s": scores.images_per_s,
     }
 
 
@@ -226,12 +250,14 @@ def is_current(path: Path, benchmark: str, identity: dict[str, Any]) -> bool:
 
     `identity` holds the ``model`` fields that fix the numbers: the checkpoint's sha256 and α (and,
     for a model given by name, its name and pretrained tag); other fields, such as the run dir's
-    path, may change without changing a number.
+    path, may change without changing a number. A file without a metric every benchmark now has
+    (``ALWAYS_METRICS``: one written before ECE and NLL were added) is not current.
     """
     try:
         payload = json.loads(path.read_text())
         model = payload["model"]
-        return payload["benchmark"] == benchmark and all(model[key] == value for key, value in identity.items())
+        return (payload["benchmark"] == benchmark and all(model[key] == value for key, value in identity.items())
+                and all(key in payload["metrics"] for key in ALWAYS_METRICS))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

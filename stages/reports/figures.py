@@ -32,7 +32,7 @@ from stages.config import (ConfigError, GradcamFigureSpec, GroupFigureSpec, Loss
                            TradeoffFigureSpec, WorkflowConfig)
 from stages.io import atomic_write_binary
 from stages.methods import method_spec
-from stages.reports.tables import Stat, column_values, display, with_averages
+from stages.reports.tables import Stat, column_format, column_values, display, with_averages
 from stages.rundir import RunDir
 
 MAX_NOTES = 12  # notes printed under the plot (the CLI prints all of them)
@@ -155,7 +155,8 @@ def tradeoff_panels(config: WorkflowConfig, spec: TradeoffFigureSpec) -> tuple[l
         setting = cell.run.lam if lam else cell.alpha
         series = values.setdefault(series_label(config, table, cell, skip), {})
         series.setdefault(setting, {}).setdefault(cell.seed, {}).update(column_values(config, table, cell))
-    panel = Panel(f"{spec.y} vs {spec.x} as {symbol} varies", f"{spec.x} (%)", f"{spec.y} (%)")
+    panel = Panel(f"{spec.y} vs {spec.x} as {symbol} varies", f"{spec.x} ({column_format(table, spec.x).unit})",
+                  f"{spec.y} ({column_format(table, spec.y).unit})")
     missing = []
     for series, by_knob in values.items():
         points = []

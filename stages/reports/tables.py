@@ -1,7 +1,9 @@
 """Tables from metrics JSON: rows x columns, mean ± std over seeds, the paper's number and the difference.
 
 A row is one value of the table's row slots (``TableSpec.rows``); for each seed its value in a
-column is ``metrics[<metric>]`` of the metrics file of the run that fills the column, in percent.
+column is ``metrics[<metric>]`` of the metrics file of the run that fills the column, shown as
+``stages.config.METRIC_FORMATS`` declares for that metric: fractions in percent with 2 decimals
+(accuracies, ECE), NLL as it is with 3 (an average column takes its parts' format).
 Rows with WiSE-FT alphas take, per seed, the α with the best ``id_column`` value. An average
 column is the per-seed mean of its parts (only when every part is present), then aggregated
 like any column. A rank column (Table 5's average rank) is computed from the rows' means: per
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages import plan
-from stages.config import TableSpec, TrainConfig, WorkflowConfig
+from stages.config import METRIC_FORMATS, MetricFormat, TableSpec, TrainConfig, WorkflowConfig
 from stages.io import atomic_write_text
 from stages.methods import method_spec
 
@@ -85,6 +87,10 @@ class Table:
     def columns(self) -> list[str]:
         return self.value_columns + ([self.spec.rank] if self.spec.rank else [])
 
+    def format(self, label: str) -> MetricFormat:
+        """How the column `label` is shown (``column_format``)."""
+        return column_format(self.spec, label)
+
     @property
     def cells(self) -> int:
         return len(self.rows) * len(self.columns)
@@ -94,12 +100,21 @@ class Table:
         return sum(row.stats[label].mean is not None for row in self.rows for label in self.columns)
 
 
+def column_format(spec: TableSpec, label: str) -> MetricFormat:
+    """How the column `label` of `spec` is shown: its metric's format (an average: its parts'; a rank: 2 decimals)."""
+    metrics = {column.label: column.metric for column in spec.columns}
+    if label in spec.averages:
+        label = spec.averages[label][0]  # TableSpec checks that the parts share one format
+    return METRIC_FORMATS[metrics[label]] if label in metrics else MetricFormat()
+
+
 def read_metric(path: Path, metric: str) -> float | None:
-    """``metrics[metric]`` of a metrics JSON in percent; None when the file or the metric is missing."""
+    """``metrics[metric]`` of a metrics JSON as tables show it (percent for fractions, ``METRIC_FORMATS``);
+    None when the file or the metric is missing."""
     if not path.is_file():
         return None
     value = json.loads(path.read_text(encoding="utf-8")).get("metrics", {}).get(metric)
-    return None if value is None else 100.0 * float(value)
+    return None if value is None else METRIC_FORMATS[metric].scale * float(value)
 
 
 def column_values(config: WorkflowConfig, spec: TableSpec, cell: plan.Cell) -> dict[str, float | None]:
@@ -246,8 +261,8 @@ def average_ranks(rows: list[Row], labels: list[str]) -> list[float | None]:
     return ranks
 
 
-def _number(value: float | None, signed: bool = False) -> str:
-    return "" if value is None else (f"{value:+.2f}" if signed else f"{value:.2f}")
+def _number(value: float | None, signed: bool = False, decimals: int = 2) -> str:
+    return "" if value is None else (f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}")
 
 
 def markdown(table: Table) -> str:
@@ -261,13 +276,15 @@ def markdown(table: Table) -> str:
     for row in table.rows:
         cells = []
         for label in table.columns:
-            stat = row.stats[label]
+            stat, digits = row.stats[label], table.format(label).decimals
             spread = not stat.derived and len(stat.values) > 1  # one seed: the value alone, no "± 0.00"
-            text = "—" if stat.mean is None else f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if spread else "")
+            text = "—" if stat.mean is None else _number(stat.mean, decimals=digits) + (
+                f" ± {_number(stat.std, decimals=digits)}" if spread else "")
             if stat.values and len(stat.values) < row.seeds and not stat.derived:
                 text += f" (n={len(stat.values)})"
             if spec.paper:
-                text += f" [{_number(stat.paper) or '—'}, {_number(stat.diff, signed=True) or '—'}]"
+                text += (f" [{_number(stat.paper, decimals=digits) or '—'}, "
+                         f"{_number(stat.diff, signed=True, decimals=digits) or '—'}]")
             cells.append(text)
         lines.append("| " + " | ".join(row.labels + cells) + " |")
     return "\n".join(lines) + "\n"
@@ -282,10 +299,11 @@ def csv_text(table: Table) -> str:
     for row in table.rows:
         values = []
         for label in table.columns:
-            stat = row.stats[label]
-            values += [_number(stat.mean), _number(stat.std), "" if stat.derived else str(len(stat.values))]
+            stat, digits = row.stats[label], table.format(label).decimals
+            values += [_number(stat.mean, decimals=digits), _number(stat.std, decimals=digits),
+                       "" if stat.derived else str(len(stat.values))]
             if table.spec.paper:
-                values += [_number(stat.paper), _number(stat.diff, signed=True)]
+                values += [_number(stat.paper, decimals=digits), _number(stat.diff, signed=True, decimals=digits)]
         writer.writerow(row.labels + values)
     return buffer.getvalue()
 

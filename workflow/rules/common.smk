@@ -155,6 +155,21 @@ def table_metrics(wildcards) -> list[str]:
     return [path.as_posix() for path in plan.table_indexes(WF, number)]
 
 
+def table_bank_comparisons(wildcards) -> list[str]:
+    """The bank comparisons beside table `number` (a table of several banks: paper Table 12), if any."""
+    return [path.as_posix() for comparison in plan.bank_comparisons(WF, int(wildcards.number))
+            for path in comparison.outputs(WF.results)]
+
+
+def bank_comparison(wildcards) -> "plan.BankComparison":
+    """The comparison the wildcards name (bank, reference), as the config's tables ask for it."""
+    for comparison in plan.bank_comparisons(WF):
+        if (comparison.bank, comparison.reference) == (wildcards.bank, wildcards.reference):
+            return comparison
+    raise WorkflowError(f"no table compares bank {wildcards.bank!r} with {wildcards.reference!r}; a table with "
+                        "'bank' in its rows and several banks compares each with its first")
+
+
 def figure_metrics(wildcards) -> list[str]:
     """What the figure reads: its table's evaluation indexes; for training curves, its runs' weights
     (written after the training log, which is not a declared output); for Grad-CAM, the drawn models."""

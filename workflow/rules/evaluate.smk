@@ -5,6 +5,11 @@
 # snakemake would delete them before a rerun, and a rerun (a benchmark or an α added to a table)
 # keeps every file already computed from the same checkpoint and computes only the new ones.
 # Zero-shot runs are never trained: their job scores the pretrained weights directly.
+# `metrics` names what every metrics file holds (stages.evaluation.benchmarks.ALWAYS_METRICS): when
+# it grows (ECE and NLL were added), snakemake's params trigger reruns each evaluation job once,
+# which recomputes the files that lack the new metrics (and keeps none of them: see is_current).
+
+from stages.evaluation.benchmarks import ALWAYS_METRICS
 
 
 rule evaluate:
@@ -26,6 +31,7 @@ rule evaluate:
     params:
         model=model_arguments,
         requests=run_requests,
+        metrics=" ".join(ALWAYS_METRICS),
         eval_dir=lambda wildcards, output: os.path.dirname(output[0]),
         execution=eval_execution,
     shell:

@@ -27,6 +27,7 @@ rule report:
     input:
         config=f"{RESULTS}/workflow_config.yaml",
         metrics=table_metrics,
+        bank_comparisons=table_bank_comparisons,
     output:
         markdown=report(f"{RESULTS}/table{{number}}.md", category="Tables"),
         csv=report(f"{RESULTS}/table{{number}}.csv", category="Tables"),
@@ -34,6 +35,33 @@ rule report:
         f"{RESULTS}/logs/report/table{{number}}.log",
     shell:
         "python -m stages.reports --config {input.config} --table {wildcards.number} > {log} 2>&1"
+
+
+# Beside a table of several descriptor banks (paper Table 12): each bank against the table's first
+# (the reference) with `python -m stages.descriptors compare`, in the CLIP text space of the
+# table's first arch (stages.plan.bank_comparisons). Banks are ancient() inputs, as for training.
+rule bank_compare:
+    wildcard_constraints:
+        bank=r"[^/]+",
+        reference=r"[^/]+",
+    input:
+        bank=lambda wildcards: ancient(WF.banks[bank_comparison(wildcards).bank].path.as_posix()),
+        reference=lambda wildcards: ancient(WF.banks[bank_comparison(wildcards).reference].path.as_posix()),
+    output:
+        json=f"{RESULTS}/bank_compare/{{bank}}_vs_{{reference}}.json",
+        markdown=report(f"{RESULTS}/bank_compare/{{bank}}_vs_{{reference}}.md", category="Bank comparisons"),
+        png=report(f"{RESULTS}/bank_compare/{{bank}}_vs_{{reference}}.png", category="Bank comparisons"),
+    log:
+        f"{RESULTS}/logs/report/bank_compare/{{bank}}_vs_{{reference}}.log",
+    params:
+        options=lambda wildcards: (
+            f"--concept {bank_comparison(wildcards).concept} --model {bank_comparison(wildcards).model}"
+            f" --pretrained {shlex.quote(bank_comparison(wildcards).pretrained)}"
+        ),
+        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+    shell:
+        "python -m stages.descriptors compare {input.bank:q} {input.reference:q} {params.options}"
+        " --out {params.out_dir:q} --name {wildcards.bank}_vs_{wildcards.reference} > {log} 2>&1"
 
 
 rule figure:
