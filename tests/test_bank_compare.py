@@ -75,7 +75,7 @@ def test_cli_compares_two_banks_with_the_tiny_model(tmp_path: Path) -> None:
 def test_cli_missing_concept_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bank_a = _bank(tmp_path / "a.json", A, "llm-a")
     assert main(["compare", str(bank_a), str(bank_a), "--concept", "texture", "--model", "TinyCLIP-test",
-                 "--pretrained", "none", "--out", str(tmp_path)]) == 1
+                 "--pretrained", "none", "--out", str(tmp_path)]) == 2  # stages.cli: an error is status 2
     assert "concept 'texture' is not in this bank" in capsys.readouterr().err
 
 
