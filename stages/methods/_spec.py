@@ -31,6 +31,9 @@ class MethodSpec:
       ``spurious.suffix`` is ``spurious``).
     - ``has_head``: it trains a linear head over image features (checkpointed; evaluation scores
       the train set's classes with it).
+    - ``couples_samples``: its loss of a batch is not a sum of per-sample losses (contrastive
+      negatives, Star's columns, shared random texts), so accumulating micro-batches independently
+      changes the loss: ``optim.accum: auto`` accumulates it exactly (gradient caching).
     - ``options``: the model of its ``options.<name>`` config block, or None.
     - ``check``: warnings about a config that is valid but probably not what was meant.
     """
@@ -42,6 +45,7 @@ class MethodSpec:
     uses_lambda: bool = False
     uses_spurious: bool = False
     has_head: bool = False
+    couples_samples: bool = False
     options: type[Strict] | None = None
     check: Callable[[TrainConfig], list[str]] | None = None
 
