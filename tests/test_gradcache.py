@@ -129,3 +129,16 @@ def test_two_ranks_times_two_exact_micro_batches_equal_one_process(tmp_path: Pat
             difference = _max_difference((result["loss"], result["grads"]), wholes[name])
             print(f"{name} 2 ranks x 2 micro-batches, rank {rank}: max abs diff {difference:.1e}")
             assert difference < 1e-10
+
+
+def test_bench_accum_setting_reports_time_and_memory() -> None:
+    """One setting of ``--accum-compare`` (the CLI runs each in its own process), in-process and tiny."""
+    from stages.training.bench.accum import measure_setting, settings
+    from stages.training.bench.cli import parse_args
+
+    args = parse_args(["--accum-compare", "--arch", "TinyCLIP-test", "--batch-size", "8", "--micro-batch", "4",
+                       "--steps", "1", "--warmup", "1", "--classes", "4", "--device", "cpu"])
+    assert [label for label, _, _ in settings(8, 4)] == ["1x8", "2x4-exact", "2x4-independent"]
+    result = measure_setting(args, 2, "exact")
+    assert result["accum"] == "exact" and result["micro_batch"] == 4 and result["method"] == "starft"
+    assert result["step_time_s"] > 0 and result["peak_memory_mb"] >= 0
