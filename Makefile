@@ -63,6 +63,9 @@ test: venv llm-extras slurm-deps demo-data
 bench: venv
 	$(PY) -m stages.training.bench --arch TinyCLIP-test --batch-size 32 --steps 20 --warmup 3 --classes 100
 	$(PY) -m stages.training.bench --arch ViT-B-16 --batch-size 8 --steps 5 --warmup 1 --classes 8
+	# Exact accumulation (gradient caching): 1 x B vs k x B/k, CPU-sized (a GPU runs ViT-B-16 512 as 1x512 vs 8x64).
+	$(PY) -m stages.training.bench --accum-compare --arch TinyCLIP-test --batch-size 512 --micro-batch 64 --steps 3 --warmup 1 --classes 100
+	$(PY) -m stages.training.bench --accum-compare --arch ViT-B-16 --batch-size 16 --micro-batch 4 --steps 2 --warmup 1 --classes 8
 
 # GPU readiness check (docs/bench.md): on one GPU, < 8 min, offline; the smoke run is its CPU version (CI).
 gpu-check: venv

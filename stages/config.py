@@ -26,6 +26,7 @@ Decay = Literal["epoch", "step", "none"]
 Select = Literal["last", "val"]
 ImageCheck = Literal["header", "decode", "none"]
 SaveDtype = Literal["fp32", "bf16"]
+Accumulation = Literal["auto", "exact", "independent"]
 
 
 def _registered(name: str) -> str:
@@ -130,7 +131,18 @@ class OptimConfig(Strict):
     warmup_steps: int = Field(500, ge=0)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(512, ge=1)
-    accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step (contrastive negatives stay per micro-batch)")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step (how their losses combine: accum)")
+    accum: Accumulation = Field(
+        "auto", description="with accum_steps > 1: exact = gradient caching (Gao et al. 2021): every micro-batch is "
+        "embedded without graph, the whole batch's loss is computed on the cached embeddings, then each micro-batch "
+        "is re-embedded with graph and backpropagates its slice of the embedding gradient: the loss and gradients "
+        "of one batch_size step (contrastive negatives over the whole batch, every rank), for one extra student "
+        "forward per micro-batch (about +30-50 % compute) and the memory of one micro-batch plus the batch's "
+        "embeddings; independent = each micro-batch's own loss, averaged (negatives stay within a micro-batch: "
+        "another loss for coupled methods, no extra compute); auto = exact for methods whose loss couples the "
+        "samples of a batch (flyp, carot, starft, lipsumft's shared random texts), independent for per-sample "
+        "losses (ft, carft), where both are the same step. Ignored (and not part of a run's identity) when "
+        "accum_steps is 1")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimiser steps per epoch (smoke runs)")
     grad_clip: float | None = Field(None, gt=0)
 
@@ -244,6 +256,9 @@ def without_execution(config: dict[str, Any]) -> dict[str, Any]:
         for key in parents:
             node = node.get(key, {})
         node.pop(leaf, None)
+    optim = kept.get("optim")
+    if isinstance(optim, dict) and optim.get("accum_steps", 1) == 1:  # one micro-batch: both modes are one step
+        kept["optim"] = {key: value for key, value in optim.items() if key != "accum"}
     return kept
 
 

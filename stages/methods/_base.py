@@ -3,6 +3,13 @@
 A method computes named, already weighted loss terms of one micro-batch (`training_step`); the loop
 sums them, backpropagates and logs each one. The maths of every term lives in
 stages/training/losses.py.
+
+The step is three parts, so that the loop can accumulate micro-batches exactly (gradient caching,
+stages/training/gradcache.py): `prepare` (what needs no gradient: per-sample draws, the frozen
+teacher's features, labels), `embed` (the student's per-sample features, the only part with a
+graph through the towers) and `batch_loss` (the named terms on the features of the whole batch,
+gathered over the ranks; parameters used here directly, such as the learnable logit scale or a
+head, get their gradients from this part). ``training_step`` is their composition.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch import Tensor, nn
 from stages.models.classifier import build_zeroshot_weights
 from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.methods._spec import MethodSpec
+from stages.training.distributed import gather_batch
 
 if TYPE_CHECKING:
     from stages.config import TrainConfig
@@ -44,6 +52,20 @@ class MethodContext:
     total_steps: int
 
 
+@dataclass
+class Prepared:
+    """What `Method.prepare` computed for one micro-batch without gradient.
+
+    ``inputs``: what the student's forward (`Method.embed`) reads (images, tokens, a trimmed length);
+    ``fixed``: per-sample tensors (dim 0 = the micro-batch's samples) the loss reads without gradient
+    (labels, teacher features), gathered over the ranks and concatenated over micro-batches like the
+    features.
+    """
+
+    inputs: dict[str, Any]
+    fixed: dict[str, Tensor]
+
+
 def unit(features: Tensor) -> Tensor:
     """L2-normalised features (the last dimension)."""
     return F.normalize(features, dim=-1)
@@ -58,6 +80,9 @@ class Method(nn.Module):
     """Holds the student and the tokenised class captions; subclasses add their terms and teachers."""
 
     spec: ClassVar[MethodSpec]  # set by register_method
+    # Whether the loss sees the global batch (features gathered over the ranks): contrastive methods.
+    # Head methods' terms are per sample: each rank's loss is its own shard's, DDP averages.
+    gathers: ClassVar[bool] = True
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__()
@@ -87,8 +112,41 @@ class Method(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
-        """Named, already weighted loss terms of one (micro-)batch; the loop sums them."""
-        raise NotImplementedError
+        """Named, already weighted loss terms of one (micro-)batch; the loop sums them.
+
+        `prepare`, `embed`, gather, `batch_loss` (a method may override this instead of the three parts;
+        it then accumulates micro-batches independently only).
+        """
+        prepared = self.prepare(batch, progress)
+        features = self.embed(prepared.inputs, progress)
+        features, fixed = self.gather(features, prepared.fixed)
+        return self.batch_loss(features, fixed, progress)
+
+    def prepare(self, batch: dict[str, Tensor], progress: Progress) -> Prepared:
+        """A micro-batch's inputs of `embed` and the per-sample tensors the loss reads without gradient."""
+        raise NotImplementedError(f"{self.spec.name} defines training_step only")
+
+    def embed(self, inputs: dict[str, Any], progress: Progress) -> dict[str, Tensor]:
+        """The student's per-sample features of one micro-batch (dim 0 = samples), with graph."""
+        raise NotImplementedError(f"{self.spec.name} defines training_step only")
+
+    def batch_loss(self, features: dict[str, Tensor], fixed: dict[str, Tensor],
+                   progress: Progress) -> dict[str, Tensor]:
+        """Named, already weighted loss terms of the whole batch's `features` and `fixed` tensors."""
+        raise NotImplementedError(f"{self.spec.name} defines training_step only")
+
+    @classmethod
+    def splits_step(cls) -> bool:
+        """Whether the step is `prepare` / `embed` / `batch_loss` (what exact accumulation needs)."""
+        return cls.embed is not Method.embed
+
+    def gather(self, features: dict[str, Tensor], fixed: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`features` and `fixed` with every rank's shard (one process, or a method that does not gather: as they are)."""
+        if not self.gathers:
+            return features, fixed
+        names = list(features) + list(fixed)
+        gathered = dict(zip(names, gather_batch(*features.values(), *fixed.values())))
+        return {name: gathered[name] for name in features}, {name: gathered[name] for name in fixed}
 
     def sample_draw(self) -> Callable[[], dict[str, int]] | None:
         """A picklable function the data loader calls for each sample under that sample's seed (after its

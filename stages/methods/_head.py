@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stages.methods._base import Method, MethodContext, Progress, unit
+from stages.methods._base import Method, MethodContext, Prepared, Progress, unit
 from stages.models.teacher import frozen_copy
 from stages.models.classifier import build_zeroshot_weights
+from stages.training.losses import _as_float
 
 
 class HeadMethod(Method):
@@ -28,6 +29,7 @@ class HeadMethod(Method):
     """
 
     scaled_head: ClassVar[bool] = False
+    gathers: ClassVar[bool] = False  # per-sample terms on each rank's shard (DDP averages the gradients)
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
@@ -44,11 +46,20 @@ class HeadMethod(Method):
         logits = image_features @ self.head.T.to(image_features.dtype)
         return self.head_scale * logits if self.scaled_head else logits
 
-    def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
-        return self.head_terms(unit(self.student.encode_image(batch["image"])), batch)
+    def prepare(self, batch: dict[str, Tensor], progress: Progress) -> Prepared:
+        return Prepared(inputs={"image": batch["image"]}, fixed={"label": batch["label"]})
+
+    def embed(self, inputs: dict[str, Any], progress: Progress) -> dict[str, Tensor]:
+        return {"image": unit(self.student.encode_image(inputs["image"]))}
+
+    def batch_loss(self, features: dict[str, Tensor], fixed: dict[str, Tensor],
+                   progress: Progress) -> dict[str, Tensor]:
+        """The head is used here directly: its gradient comes from this part."""
+        return self.head_terms(features["image"], fixed)
 
     def head_terms(self, image_features: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"ce": F.cross_entropy(self.head_logits(image_features).float(), batch["label"])}
+        # fp32 for half-precision logits; float64 stays float64 (as every loss, stages/training/losses.py)
+        return {"ce": F.cross_entropy(_as_float(self.head_logits(image_features)), batch["label"])}
 
     def head_state(self) -> dict[str, Any]:
         """``weight`` = the effective head (logits = normalize(f) @ weight.T); ``parameter`` = what trains."""
@@ -82,10 +93,14 @@ class RegularisedHeadMethod(HeadMethod):
         """The unweighted regulariser of the zero-shot model's (`teacher_features`) and the student's unit features."""
         raise NotImplementedError
 
-    def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
-        image_features = unit(self.student.encode_image(batch["image"]))
+    def prepare(self, batch: dict[str, Tensor], progress: Progress) -> Prepared:
+        prepared = super().prepare(batch, progress)
         with torch.no_grad():
-            teacher_features = unit(self.teacher.encode_image(batch["image"]))
-        terms = self.head_terms(image_features, batch)
-        terms[self.term] = self.options.weight * self.regulariser(teacher_features, image_features)
+            prepared.fixed["teacher_image"] = unit(self.teacher.encode_image(batch["image"]))
+        return prepared
+
+    def batch_loss(self, features: dict[str, Tensor], fixed: dict[str, Tensor],
+                   progress: Progress) -> dict[str, Tensor]:
+        terms = self.head_terms(features["image"], fixed)
+        terms[self.term] = self.options.weight * self.regulariser(fixed["teacher_image"], features["image"])
         return terms

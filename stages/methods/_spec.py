@@ -34,6 +34,9 @@ class MethodSpec:
     - ``moving_teacher``: its teacher changes during training (CaRot's EMA), so the resumable
       checkpoint carries the teacher's weights too (a frozen teacher is rebuilt from the pretrained
       weights); the disk plan (``python -m stages.plan``) counts it.
+    - ``couples_samples``: its loss of a batch is not a sum of per-sample losses (contrastive
+      negatives, Star's columns, shared random texts), so accumulating micro-batches independently
+      changes the loss: ``optim.accum: auto`` accumulates it exactly (gradient caching).
     - ``options``: the model of its ``options.<name>`` config block, or None.
     - ``check``: warnings about a config that is valid but probably not what was meant.
     """
@@ -46,6 +49,7 @@ class MethodSpec:
     uses_spurious: bool = False
     has_head: bool = False
     moving_teacher: bool = False
+    couples_samples: bool = False
     options: type[Strict] | None = None
     check: Callable[[TrainConfig], list[str]] | None = None
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from typing import Any
+
 from torch import Tensor, nn
 
-from stages.methods._base import Method, MethodContext, Progress, unit
+from stages.methods._base import Method, MethodContext, Prepared, Progress, unit
 from stages.methods._spec import MethodSpec, register_method
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed
 from stages.strict import Strict
-from stages.training.distributed import gather_batch
 from stages.training.losses import ClipLoss, ProjectionPenalties, SymmetricDistillLoss
 
 
@@ -29,7 +30,7 @@ class CarotOptions(Strict):
 
 
 @register_method(MethodSpec(name="carot", display="CaRot", summary="FLYP + EMA self-distillation + projection "
-                            "penalties; trains both towers and the scale", moving_teacher=True,
+                            "penalties; trains both towers and the scale", moving_teacher=True, couples_samples=True,
                             options=CarotOptions))
 class CaRot(Method):
     """The EMA schedule is the one of CaRot's ``src/models/carot_loss.py``: its loop index ``t`` counts
@@ -60,27 +61,32 @@ class CaRot(Method):
         t = step - 1  # CaRot's 0-based loop index of that step
         return self.momentum(t) if t % self.options.ema_every == 0 else None
 
-    def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
-        image_features, text_features = self.clip_features(batch["image"], batch["label"])
+    def prepare(self, batch: dict[str, Tensor], progress: Progress) -> Prepared:
+        fixed = {}
+        if progress.step > 0:  # CaRot skips distillation at its step 0 (the teacher is still the student)
+            with torch.no_grad():
+                fixed["teacher_image"] = unit(self.teacher.encode_image(batch["image"]))
+                fixed["teacher_text"] = unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]],
+                                                                 length=self.caption_length))
+        return Prepared(inputs={"image": batch["image"], "label": batch["label"]}, fixed=fixed)
+
+    def embed(self, inputs: dict[str, Any], progress: Progress) -> dict[str, Tensor]:
+        image, text = self.clip_features(inputs["image"], inputs["label"])
+        return {"image": image, "text": text}
+
+    def batch_loss(self, features: dict[str, Tensor], fixed: dict[str, Tensor],
+                   progress: Progress) -> dict[str, Tensor]:
+        """The projection penalties are the weights' own: their gradient comes from here, once per step."""
+        image_features, text_features = features["image"], features["text"]
         student_scale = self.student.logit_scale.exp()
         cross, orthogonality = self.penalties(
             self._projection(self.student.visual.proj), self._projection(self.student.text_projection)
         )
-        distill = progress.step > 0  # CaRot skips distillation at its step 0 (the teacher is still the student)
-        if distill:
-            with torch.no_grad():
-                teacher_image = unit(self.teacher.encode_image(batch["image"]))
-                teacher_text = unit(encode_text_trimmed(self.teacher, self.caption_tokens[batch["label"]],
-                                                        length=self.caption_length))
-            image_features, text_features, teacher_image, teacher_text = gather_batch(
-                image_features, text_features, teacher_image, teacher_text)
-        else:
-            image_features, text_features = gather_batch(image_features, text_features)
         terms = {"clip": self.clip_loss(image_features, text_features, student_scale)}
-        if distill:
+        if "teacher_image" in fixed:
             terms["distill"] = self.options.distill * self.distill_loss(
-                teacher_image, teacher_text, self.teacher.logit_scale.exp(), image_features, text_features,
-                student_scale,
+                fixed["teacher_image"], fixed["teacher_text"], self.teacher.logit_scale.exp(), image_features,
+                text_features, student_scale,
             )
         terms["cross_norm"] = self.options.cross_norm * cross
         terms["orthogonality"] = self.options.orthogonality * orthogonality

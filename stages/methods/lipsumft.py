@@ -25,7 +25,8 @@ class LipsumftOptions(Strict):
 
 
 @register_method(MethodSpec(name="lipsumft", display="Lipsum-FT", summary="FT + MSE of random-text logits to the "
-                            "zero-shot ones", has_head=True, options=LipsumftOptions))
+                            "zero-shot ones", has_head=True, couples_samples=True,
+                            options=LipsumftOptions))
 class LipsumFT(RegularisedHeadMethod):
     """As its ``scripts/Lipsum-FT.py``: logits ``s·f·W`` with ``s`` the fixed zero-shot scale and ``W``
     (unit-norm zero-shot rows at initialisation, never renormalised) trained; AdamW's weight decay

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stages.descriptors.bank import load_bank
-from stages.methods._base import Method, MethodContext, Progress, module_device, unit
+from stages.methods._base import Method, MethodContext, Prepared, Progress, module_device, unit
 from stages.methods._spec import MethodSpec, register_method
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed, trim_tokens
-from stages.training.distributed import gather_batch
 from stages.training.losses import ClipLoss, StarLoss
 
 if TYPE_CHECKING:
@@ -49,7 +48,8 @@ def _warnings(config: TrainConfig) -> list[str]:
 
 
 @register_method(MethodSpec(name="starft", display="StarFT", summary="flyp + λ_e · Star (Eq. 4); trains both towers "
-                            "and the scale", uses_lambda=True, uses_spurious=True, check=_warnings))
+                            "and the scale", uses_lambda=True, uses_spurious=True, couples_samples=True,
+                            check=_warnings))
 class StarFT(Method):
     """The frozen teacher's embeddings of every (class, descriptor) caption are computed once here and
     looked up by index, since the teacher never changes; the student encodes the clean and spurious
@@ -119,7 +119,8 @@ class StarFT(Method):
             tokens[row, : len(ids)] = torch.tensor(ids)
         return tokens.to(labels.device)
 
-    def training_step(self, batch: dict[str, Tensor], progress: Progress) -> dict[str, Tensor]:
+    def prepare(self, batch: dict[str, Tensor], progress: Progress) -> Prepared:
+        """The spurious captions (the random suffix is drawn here), the teacher's features (λ_e > 0 only)."""
         images, labels = batch["image"], batch["label"]
         if self.suffix == "random":
             spurious_tokens = self._random_suffix_tokens(labels)
@@ -134,18 +135,28 @@ class StarFT(Method):
         width = max(clean_tokens.shape[1], spurious_tokens.shape[1])
         all_tokens = torch.cat([F.pad(clean_tokens, (0, width - clean_tokens.shape[1])),
                                 F.pad(spurious_tokens, (0, width - spurious_tokens.shape[1]))])
-        text_features = unit(encode_text_trimmed(self.student, all_tokens, length=length))
-        clean_text, spurious_text = text_features[: len(labels)], text_features[len(labels):]
-        image_features = unit(self.student.encode_image(images))
-        lam = self.lam(progress)
-        if lam <= 0:
-            image_features, clean_text = gather_batch(image_features, clean_text)
-            return {"clip": self.clip_loss(image_features, clean_text, self.student.logit_scale.exp())}
+        inputs = {"image": images, "tokens": all_tokens, "length": length}
+        if self.lam(progress) <= 0:
+            return Prepared(inputs=inputs, fixed={})
         with torch.inference_mode():
             teacher_image = unit(self.teacher.encode_image(images))
         # Leave inference mode's tensors behind: only ordinary tensors may meet autograd.
-        image_features, clean_text, spurious_text, teacher_image, teacher_text, labels = gather_batch(
-            image_features, clean_text, spurious_text, teacher_image.clone(), teacher_text, labels)
-        return {"clip": self.clip_loss(image_features, clean_text, self.student.logit_scale.exp()),
-                "star": lam * self.star_loss(teacher_image, teacher_text, image_features, spurious_text, labels,
-                                             self.zeroshot_scale)}
+        return Prepared(inputs=inputs, fixed={"teacher_image": teacher_image.clone(), "teacher_text": teacher_text,
+                                              "label": labels})
+
+    def embed(self, inputs: dict[str, Any], progress: Progress) -> dict[str, Tensor]:
+        text_features = unit(encode_text_trimmed(self.student, inputs["tokens"], length=inputs["length"]))
+        samples = len(inputs["image"])
+        features = {"image": unit(self.student.encode_image(inputs["image"])), "clean_text": text_features[:samples]}
+        if self.lam(progress) > 0:
+            features["spurious_text"] = text_features[samples:]
+        return features
+
+    def batch_loss(self, features: dict[str, Tensor], fixed: dict[str, Tensor],
+                   progress: Progress) -> dict[str, Tensor]:
+        terms = {"clip": self.clip_loss(features["image"], features["clean_text"], self.student.logit_scale.exp())}
+        lam = self.lam(progress)
+        if lam > 0:
+            terms["star"] = lam * self.star_loss(fixed["teacher_image"], fixed["teacher_text"], features["image"],
+                                                 features["spurious_text"], fixed["label"], self.zeroshot_scale)
+        return terms

@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +42,7 @@ from stages.models.factory import create_clip, read_checkpoint
 from stages.provenance import code_version, now, provenance
 from stages.rundir import Interruption, RunDir, RunRecord
 from stages.training.distributed import DistInfo, TrainingStep, any_rank, init_distributed, resolve_launch
+from stages.training.gradcache import exact_accumulation, term_value
 from stages.training.interrupt import CheckpointClock, RunInterrupted, StopRequests, ignore_stop_signals
 from stages.training.tracking import Tracker
 
@@ -197,9 +198,25 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 # --- one optimiser step -----------------------------------------------------------------------
 
+def resolve_accumulation(config: TrainConfig, method: Method) -> str:
+    """``exact`` or ``independent``: how `method` accumulates ``optim.accum_steps`` micro-batches (config.py's
+    ``optim.accum``; auto: exact for a method whose loss couples samples). One micro-batch: independent (the plain step)."""
+    optim = config.optim
+    if optim.accum_steps == 1:
+        return "independent"
+    mode = optim.accum
+    if mode == "auto":
+        mode = "exact" if method.spec.couples_samples and method.splits_step() else "independent"
+    if mode == "exact" and not method.splits_step():
+        raise ConfigError(f"optim.accum: exact needs {config.method}'s step as prepare/embed/batch_loss "
+                          "(stages/methods/_base.py); it defines training_step only. Fix: set optim.accum: independent")
+    return mode
+
+
 @dataclass
 class Optimisation:
-    """What one optimiser step needs: the method (through DDP), AdamW, its schedule, AMP and clipping."""
+    """What one optimiser step needs: the method (through DDP), AdamW, its schedule, AMP, clipping, and how
+    micro-batches accumulate (`accum`: ``exact``, gradient caching, or ``independent``)."""
 
     method: Method
     training_step: TrainingStep
@@ -209,6 +226,7 @@ class Optimisation:
     autocast_dtype: torch.dtype | None
     grad_clip: float | None
     device: torch.device
+    accum: str = "independent"
 
     @classmethod
     def build(cls, method: Method, config: TrainConfig, total_steps: int, device: torch.device,
@@ -223,7 +241,7 @@ class Optimisation:
         # fp16 needs loss scaling (its range underflows small gradients); a disabled scaler is a no-op.
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         return cls(method, TrainingStep(method, dist_info, device), optimizer, scheduler, scaler, dtype,
-                   config.optim.grad_clip, device)
+                   config.optim.grad_clip, device, resolve_accumulation(config, method))
 
 
 @dataclass
@@ -250,23 +268,20 @@ def optimizer_step(parts: Optimisation, group: list[dict[str, torch.Tensor]], pr
     weights or the optimiser's moments; the schedule advances as for any step (its data was consumed).
     fp16's gradient scaler keeps its own rule for gradients (it skips steps whose gradients overflow
     and lowers the scale), so there only the loss terms are checked here.
+
+    Several micro-batches accumulate as `parts.accum` says: ``exact`` (stages/training/gradcache.py: the
+    whole group's loss and gradients; its terms are the whole batch's) or ``independent`` (each
+    micro-batch's loss over len(group), terms averaged).
     """
     method = parts.method
     method.begin_step(progress)
     parts.optimizer.zero_grad(set_to_none=True)
-    autocast = (torch.autocast(parts.device.type, dtype=parts.autocast_dtype) if parts.autocast_dtype is not None
-                else nullcontext())
-    terms: dict[str, torch.Tensor] = {}
-    for index, batch in enumerate(group):
-        batch = {key: value.to(parts.device, non_blocking=True) for key, value in batch.items()}
-        # DDP all-reduces the gradients in the last micro-batch's backward only.
-        with parts.training_step.no_sync() if index < len(group) - 1 else nullcontext():
-            with autocast:
-                micro_terms = parts.training_step(batch, progress)
-            parts.scaler.scale(sum(micro_terms.values()) / len(group)).backward()
-        for name, value in micro_terms.items():
-            addend = value.detach().float() / len(group)
-            terms[name] = terms[name] + addend if name in terms else addend
+    if parts.accum == "exact" and len(group) > 1:
+        terms = exact_accumulation(
+            method, [{key: value.to(parts.device, non_blocking=True) for key, value in batch.items()} for batch in group],
+            progress, lambda: _autocast(parts), parts.scaler.scale, parts.device)
+    else:
+        terms = _independent_accumulation(parts, group, progress)
     parts.scaler.unscale_(parts.optimizer)  # the true gradients (a no-op without fp16's scaler)
     parameters = [p for group_ in parts.optimizer.param_groups for p in group_["params"]]
     grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, parts.grad_clip) if parts.grad_clip is not None
@@ -283,6 +298,29 @@ def optimizer_step(parts: Optimisation, group: list[dict[str, torch.Tensor]], pr
     parts.scheduler.step()
     method.after_optimizer_step(progress.step + 1)
     return StepResult(terms, grad_norm.detach().float(), lr, applied=not bad)
+
+
+def _autocast(parts: Optimisation) -> AbstractContextManager[Any]:
+    return (torch.autocast(parts.device.type, dtype=parts.autocast_dtype) if parts.autocast_dtype is not None
+            else nullcontext())
+
+
+def _independent_accumulation(parts: Optimisation, group: list[dict[str, torch.Tensor]],
+                              progress: Progress) -> dict[str, torch.Tensor]:
+    """Each micro-batch's own loss / len(group), backpropagated through DDP; the terms' mean over the group."""
+    autocast = _autocast(parts)
+    terms: dict[str, torch.Tensor] = {}
+    for index, batch in enumerate(group):
+        batch = {key: value.to(parts.device, non_blocking=True) for key, value in batch.items()}
+        # DDP all-reduces the gradients in the last micro-batch's backward only.
+        with parts.training_step.no_sync() if index < len(group) - 1 else nullcontext():
+            with autocast:
+                micro_terms = parts.training_step(batch, progress)
+            parts.scaler.scale(sum(micro_terms.values()) / len(group)).backward()
+        for name, value in micro_terms.items():
+            addend = term_value(value) / len(group)
+            terms[name] = terms[name] + addend if name in terms else addend
+    return terms
 
 
 # --- the log window ---------------------------------------------------------------------------
