@@ -18,7 +18,8 @@ _FIELDS = DemoSettings.model_fields
 def _setting(name: str) -> dict[str, object]:
     """``default`` and ``help`` of a flag, read from DemoSettings' field `name`."""
     field = _FIELDS[name]
-    return {"default": field.default, "help": f"{field.description or f'the workflow config''s demo.{name}'} (default: %(default)s)"}
+    return {"default": field.default,
+            "help": f"{field.description or 'the workflow config: demo.' + name} (default: %(default)s)"}
 
 
 @command
