@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import ValidationError
 
 from stages.config import ConfigError, ModelConfig, TrainConfig, validation_message
@@ -59,6 +58,8 @@ from stages.strict import Strict
 
 if TYPE_CHECKING:
     from filelock import SoftFileLease
+
+    import torch
 
     from stages.models.factory import LoadedModel
 
@@ -140,6 +141,8 @@ class NonFiniteCheckpoint(PipelineError, ValueError):
 
 def _nonfinite_tensors(payload: Any, name: str = "") -> list[str]:
     """The dotted names of the floating tensors in `payload` holding NaN or inf (RNG states aside)."""
+    import torch  # here, not at the top: a plan that reads paths starts without torch
+
     if isinstance(payload, torch.Tensor):
         return [name] if payload.is_floating_point() and not bool(torch.isfinite(payload).all()) else []
     if isinstance(payload, dict):
@@ -335,9 +338,12 @@ class RunDir:
     # --- weights ----------------------------------------------------------------------------
     @staticmethod
     def weights_payload(student: torch.nn.Module | None, head: dict[str, Any] | None, config: TrainConfig,
-                        step: int, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                        step: int, dtype: torch.dtype | None = None) -> dict[str, Any]:
         """The weights part of a checkpoint (see the module docstring): the state dict on the CPU in `dtype`
-        (None for `student`: a reference to the pretrained weights, which are not copied)."""
+        (default fp32; None for `student`: a reference to the pretrained weights, which are not copied)."""
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
         state = None if student is None else {k: v.detach().to("cpu", dtype) if v.is_floating_point() else v.cpu()
                                               for k, v in student.state_dict().items()}
         return {"state_dict": state, "head": head, "model_name": config.model.name,

@@ -258,3 +258,10 @@ def test_cli_help_does_not_import_torch(module: str) -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, env=ENV)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_config_and_plan_import_without_torch() -> None:
+    # The Snakefile's imports and `--print-config`: validating YAML or planning paths never loads torch.
+    probe = "import stages.config, stages.plan, stages.rundir, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr

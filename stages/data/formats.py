@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from stages.config import CsvOptions
 from stages.data.source import DatasetError, LabeledImages, register_dataset
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -80,10 +81,14 @@ def labels_and_names(where: str, captions: list[str], labels: list[int] | None, 
     return [index[name] for name in parsed], names
 
 
+# The config's options model (data.csv) owns these defaults and their descriptions.
+_CSV = CsvOptions()
+
+
 @register_dataset("csv")
-def csv_dataset(root: Path, split: str, separator: str = "\t", img_key: str = "filepath", caption_key: str = "title",
-                label_key: str | None = "label", title_template: str = "a photo of a {c}.",
-                classnames: Path | None = None) -> LabeledImages:
+def csv_dataset(root: Path, split: str, separator: str = _CSV.separator, img_key: str = _CSV.img_key,
+                caption_key: str = _CSV.caption_key, label_key: str | None = _CSV.label_key,
+                title_template: str = _CSV.title_template, classnames: Path | None = _CSV.classnames) -> LabeledImages:
     """A FLYP/StarFT CSV file `split` (see the module docstring for the options)."""
     path = _under(root, split)
     if not path.is_file():

@@ -8,7 +8,18 @@ import sys
 from pathlib import Path
 
 from stages.cli import command
+from stages.config import DemoSettings
 from stages.errors import ConfigError
+
+# The workflow's demo settings (stages.config.DemoSettings) own every default and description here.
+_FIELDS = DemoSettings.model_fields
+
+
+def _setting(name: str) -> dict[str, object]:
+    """``default`` and ``help`` of a flag, read from DemoSettings' field `name`."""
+    field = _FIELDS[name]
+    return {"default": field.default,
+            "help": f"{field.description or 'the workflow config: demo.' + name} (default: %(default)s)"}
 
 
 @command
@@ -17,20 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     data = commands.add_parser("data", help="build <data-root>/fmnist-demo/*.npz from Fashion-MNIST")
     data.add_argument("--data-root", type=Path, required=True)
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--correlation", type=float, default=0.8, help="P(a class on its home background) in train/val/test")
-    data.add_argument("--pretrain-correlation", type=float, default=0.5,
-                      help="P(a class on its home background) in the pretraining split")
+    data.add_argument("--seed", type=int, **_setting("seed"))
+    data.add_argument("--correlation", type=float, **_setting("correlation"))
+    data.add_argument("--pretrain-correlation", type=float, **_setting("pretrain_correlation"))
     data.add_argument("--size", action="append", default=[], metavar="SPLIT=N", help="override a split's size")
     data.add_argument("--cache", type=Path, default=Path(".cache/fashion-mnist"), help="download folder (if online)")
     pretrain = commands.add_parser("pretrain", help="pretrain the demo's tiny CLIP on the unbiased split")
     pretrain.add_argument("--data-root", type=Path, required=True)
     pretrain.add_argument("--out", type=Path, required=True)
-    pretrain.add_argument("--model", default="TinyCLIP-demo")
-    pretrain.add_argument("--steps", type=int, default=800)
-    pretrain.add_argument("--batch-size", type=int, default=256)
-    pretrain.add_argument("--lr", type=float, default=1e-3)
-    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--model", **_setting("model"))
+    pretrain.add_argument("--steps", type=int, **_setting("pretrain_steps"))
+    pretrain.add_argument("--batch-size", type=int, **_setting("pretrain_batch_size"))
+    pretrain.add_argument("--lr", type=float, **_setting("pretrain_lr"))
+    pretrain.add_argument("--seed", type=int, **_setting("seed"))
     args = parser.parse_args(argv)
     if args.command == "data":
         from stages.demo.data import build_demo_data, find_fashion_mnist

@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.config import DemoSettings
 from stages.data.fmnist_demo import BACKGROUNDS, FMNIST_NAMES, HELDOUT_CLASSES, HOME, ID_CLASSES, SPLITS
 from stages.data.source import DatasetError
 from stages.io import atomic_write_json
+
+_DEMO = DemoSettings()  # the workflow's demo settings own the defaults (config/config.yaml `demo:`)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SIZE = 32
@@ -156,8 +159,9 @@ def group_counts(split: dict[str, np.ndarray], classes: list[int], of_classes: l
     return counts
 
 
-def build_demo_data(out_dir: Path, source_dir: Path, seed: int = 0, correlation: float = 0.8,
-                    pretrain_correlation: float = 0.5, sizes: dict[str, int] | None = None) -> None:
+def build_demo_data(out_dir: Path, source_dir: Path, seed: int = _DEMO.seed, correlation: float = _DEMO.correlation,
+                    pretrain_correlation: float = _DEMO.pretrain_correlation,
+                    sizes: dict[str, int] | None = None) -> None:
     """Write every split of the demo under `out_dir` (atomically, one .npz per split)."""
     sizes = {"pretrain": 20000, "train": 5000, "val": 500, "test": 1000, "group": 800, "sketch": 800,
              "rendition": 800, "heldout-group": 1000, "heldout": 500, "all": 500, **(sizes or {})}

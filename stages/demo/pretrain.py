@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stages.config import DemoSettings
 from stages.data.source import build_dataset
 from stages.demo.data import BACKGROUNDS, FMNIST_NAMES
 from stages.io import atomic_torch_save
@@ -25,6 +26,8 @@ from stages.models.factory import create_clip
 from stages.models.text import encode_text_trimmed
 from stages.training.loop import warmup_cosine
 from stages.training.losses import ClipLoss
+
+_DEMO = DemoSettings()  # the workflow's demo settings own the defaults (config/config.yaml `demo:`)
 
 CAPTION_MIX = (0.60, 0.25, 0.15)
 
@@ -43,8 +46,9 @@ def caption_table() -> tuple[list[str], np.ndarray]:
     return captions, index
 
 
-def pretrain(data_root: Path, out: Path, model_name: str = "TinyCLIP-demo", steps: int = 800,
-             batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> dict[str, float]:
+def pretrain(data_root: Path, out: Path, model_name: str = _DEMO.model, steps: int = _DEMO.pretrain_steps,
+             batch_size: int = _DEMO.pretrain_batch_size, lr: float = _DEMO.pretrain_lr,
+             seed: int = _DEMO.seed) -> dict[str, float]:
     """Train `model_name` from random weights on the pretrain split; write its weights to `out`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

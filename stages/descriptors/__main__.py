@@ -20,7 +20,6 @@ from stages.descriptors import compare
 from stages.descriptors.bank import load_bank
 from stages.descriptors.generate import (
     BACKENDS,
-    DEFAULT_CACHE_DIR,
     DEFAULT_OPENAI_MODEL,
     PROTOCOLS,
     GenerateConfig,
@@ -41,6 +40,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _default(name: str) -> object:
+    """GenerateConfig's default of `name`: the generator owns every default of ``generate`` (flags read it)."""
+    return GenerateConfig.__dataclass_fields__[name].default
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the three sub-commands."""
     parser = argparse.ArgumentParser(prog="python -m stages.descriptors", description=__doc__.split("\n")[0])
@@ -56,20 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: OPENAI_BASE_URL or the OpenAI API)",
     )
     gen.add_argument("--concepts", help="comma-separated concepts, e.g. background,texture,resolution (skips step 1)")
-    gen.add_argument("--runs", type=_positive_int, default=3, help="keyword runs per concept (default 3, as the paper)")
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=None, help="request seed; run r sends seed + r")
-    gen.add_argument("--max-tokens", type=_positive_int, default=512)
-    gen.add_argument("--batch-size", type=_positive_int, default=10, help="keywords per step-3 request")
-    gen.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="answer cache (default .cache/llm)")
-    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request attempt (default 60)")
-    gen.add_argument("--max-retries", type=int, default=5,
-                     help="retries on 429, 5xx, timeouts and connection errors, one line each (default 5)")
-    gen.add_argument("--attempts", type=_positive_int, default=3,
-                     help="times a malformed answer is asked, each with a fresh seed (default 3)")
-    gen.add_argument("--protocol", choices=PROTOCOLS, default="json",
+    gen.add_argument("--runs", type=_positive_int, default=_default("runs"),
+                     help=f"keyword runs per concept (default {_default('runs')}, as the paper)")
+    gen.add_argument("--temperature", type=float, default=_default("temperature"),
+                     help=f"sampling temperature (default {_default('temperature')}, the API's own)")
+    gen.add_argument("--seed", type=int, default=_default("seed"), help="request seed; run r sends seed + r")
+    gen.add_argument("--max-tokens", type=_positive_int, default=_default("max_tokens"))
+    gen.add_argument("--batch-size", type=_positive_int, default=_default("batch_size"), help="keywords per step-3 request")
+    gen.add_argument("--cache-dir", type=Path, default=_default("cache_dir"),
+                     help=f"answer cache (default {_default('cache_dir')})")
+    gen.add_argument("--timeout", type=float, default=_default("timeout"),
+                     help=f"seconds per request attempt (default {_default('timeout'):g})")
+    gen.add_argument("--max-retries", type=int, default=_default("max_retries"),
+                     help="retries on 429, 5xx, timeouts and connection errors, one line each "
+                     f"(default {_default('max_retries')})")
+    gen.add_argument("--attempts", type=_positive_int, default=_default("attempts"),
+                     help=f"times a malformed answer is asked, each with a fresh seed (default {_default('attempts')})")
+    gen.add_argument("--protocol", choices=PROTOCOLS, default=_default("protocol"),
                      help="json: structured output (response_format JSON schema) where the server supports it, "
-                     "else numbered lists; numbered: the paper's numbered lists only (default json)")
+                     "else numbered lists; numbered: the paper's numbered lists only (default %(default)s)")
     gen.add_argument("--out", type=Path, required=True,
                      help="bank file to write, e.g. descriptor_banks/<model>/v1.json (a new file, or the same bank)")
 

@@ -27,10 +27,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # only project_logits takes tensors: a plan that names metrics starts without torch
+    import torch
 
 
 def top1(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -156,6 +158,8 @@ def negative_log_likelihood(label_log_probs: np.ndarray) -> float:
 
 def project_logits(logits: torch.Tensor, class_indices: Sequence[int] | None) -> torch.Tensor:
     """Keep the columns `class_indices` of `logits` (IN-R/IN-A: 1000-way -> 200-way); None keeps all."""
+    import torch
+
     if class_indices is None:
         return logits
     return logits[:, torch.as_tensor(class_indices, device=logits.device)]

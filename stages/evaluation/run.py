@@ -4,7 +4,7 @@
 
     python -m stages.evaluation --benchmark waterbirds --data-root R --out m.json \\
         (--run-dir DIR [--checkpoint best.pt] [--alpha A] | --model NAME --pretrained TAG_OR_FILE) \\
-        [--batch-size 256] [--workers 8] [--device cuda] [--head-cache DIR] [--image-cache DIR]
+        [--batch-size N] [--workers 8] [--device cuda] [--head-cache DIR] [--image-cache DIR]
 
     # a run's whole evaluation in one process (what the workflow runs, one job per run):
     python -m stages.evaluation --eval-dir DIR/eval --requests imagenet imagenet@alpha0.5 waterbirds ... \\
@@ -58,7 +58,11 @@ from stages.io import atomic_write_json, scratch_dir, sha256_file
 from stages.models.factory import ClipBundle, LoadedModel, create_clip
 from stages.models.wise import interpolate_state_dicts
 from stages.cli import command
+from stages.config import WorkflowConfig
 from stages.rundir import ALPHA, BEST, INDEX, RECORD, EvalRequest, RunDir, index_path
+
+# The workflow config's field owns the evaluation batch size (``eval_batch_size``); the CLI and these functions read it.
+EVAL_BATCH_SIZE: int = WorkflowConfig.model_fields["eval_batch_size"].default
 
 
 log = logging.getLogger(__name__)
@@ -224,7 +228,7 @@ def evaluate(
     loaded: LoadedModel,
     *,
     cache: HeadCache | None = None,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     workers: int = 0,
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
@@ -270,7 +274,7 @@ def evaluate_requests(
     identity: dict[str, Any],
     *,
     cache: HeadCache,
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     workers: int = 0,
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
@@ -333,7 +337,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrained", help="open_clip pretrained tag, a local weights file, or 'none'")
     parser.add_argument("--checkpoint", default=BEST, help="checkpoint file inside --run-dir")
     parser.add_argument("--alpha", type=float, help="WiSE-FT: interpolate the run with its zero-shot start (with --benchmark)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="images per forward (default: the workflow's eval_batch_size, %(default)s)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--head-cache", type=Path, help="folder for cached zero-shot heads (default: the run dir's)")

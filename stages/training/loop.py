@@ -8,6 +8,11 @@ steps or ``checkpoint_minutes`` -> `end_of_epoch` (validation, checkpoint) -> `f
 written last; ckpt/ removed). A stop signal (SIGTERM, SIGUSR1, SIGINT) ends the step in flight,
 writes the checkpoint and raises `RunInterrupted` (the CLI exits 75: resumable).
 
+The parts it calls live one module each below it: `sampling` (samples, per-sample seeds, epoch
+order, loader), `schedule` (warm-up + cosine), `step` (one optimiser step over its micro-batches),
+`checkpointing` (RNG states, config changes, restore, the run's history); their names stay
+importable from here.
+
 Resuming is exact on CPU: every random draw of a sample (crop, a method's per-sample draw) is
 seeded by (seed, epoch, sample index), the epoch's order by (seed, epoch), and the model-side RNG
 states (torch, numpy, python) are saved with the optimiser and scheduler.
@@ -21,129 +26,32 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from stages.config import ConfigError, TrainConfig, without_execution
+from stages.config import ConfigError, TrainConfig
 from stages.data.check import check_images_once
-from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset, load_image
+from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset
 from stages.errors import PipelineError
-from stages.io import atomic_write_text
 from stages.methods import Method, MethodContext, Progress, build_method
 from stages.models.factory import create_clip, read_checkpoint
 from stages.provenance import code_version, now, provenance
 from stages.rundir import Interruption, RunDir, RunRecord
-from stages.training.distributed import DistInfo, TrainingStep, any_rank, init_distributed, resolve_launch
-from stages.training.gradcache import exact_accumulation, term_value
+from stages.training.distributed import DistInfo, any_rank, init_distributed, resolve_launch
 from stages.training.interrupt import CheckpointClock, RunInterrupted, StopRequests, ignore_stop_signals
 from stages.training.tracking import Tracker
-
-
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class TrainingSamples(Dataset):
-    """Samples addressed by ``(epoch, index)``; each one's crop and per-sample draw depend only on that key.
-
-    With `skip_corrupt`, an unreadable image is replaced by the next readable one of the dataset (under
-    the same key's seed), so every batch keeps its size: under DDP every rank's shard stays as large as
-    the others' and every rank steps as often, and a resumed run draws the same replacements.
-    """
-
-    def __init__(self, source: LabeledImages, transform: Callable[[Any], torch.Tensor], seed: int,
-                 draw: Callable[[], dict[str, int]] | None = None, skip_corrupt: bool = False) -> None:
-        """`draw`: the method's per-sample draw (``Method.sample_draw``), called after the crop."""
-        self.source, self.transform, self.seed, self.draw = source, transform, seed, draw
-        self.skip_corrupt = skip_corrupt
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        """The sample (``"skipped"``: the unreadable images it replaced), or ``{"corrupt": message}``."""
-        epoch, index = key
-        skipped: list[str] = []
-        # fork_rng keeps the caller's global RNG untouched (workers=0 runs in the main process).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, epoch, index))
-            for offset in range(len(self.source)):
-                chosen = (index + offset) % len(self.source)
-                try:
-                    image = self.transform(load_image(self.source.images[chosen]))
-                    break
-                except DatasetError as error:
-                    if not self.skip_corrupt:
-                        return {"corrupt": str(error)}
-                    skipped.append(str(error))
-            else:
-                return {"corrupt": f"{self.source.name}: no training image is readable ({skipped[0]})"}
-            drawn = self.draw() if self.draw is not None else {}
-        return {"image": image, "label": self.source.labels[chosen], **drawn, "skipped": skipped}
-
-
-def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch the samples; ``"corrupt"`` lists unreadable images that were not replaced (an error in the loop),
-    ``"skipped"`` the ones that were (counted)."""
-    readable = [{key: value for key, value in item.items() if key != "skipped"} for item in items
-                if "corrupt" not in item]
-    batch = default_collate(readable) if readable else {}
-    batch["corrupt"] = [item["corrupt"] for item in items if "corrupt" in item]
-    batch["skipped"] = [message for item in items for message in item.get("skipped", [])]
-    return batch
-
-
-class EpochSampler(Sampler):
-    """This epoch's permutation (seeded by (seed, epoch)) from position `start` on, as (epoch, index) keys.
-
-    With W ranks, rank r takes every W-th key from r on, so the r-th shards of the k-th
-    micro-batches of all ranks together are exactly the k-th global batch. The permutation's last
-    ``size % W`` keys are dropped so that every rank gets as many (the feature gather needs equal
-    shards, and a rank running out early would leave the others waiting in a collective).
-    """
-
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
-        self.rank, self.world_size = rank, world_size
-        self.end = size - size % world_size
-
-    def __len__(self) -> int:
-        return len(range(self.start + self.rank, self.end, self.world_size))
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        # 2**32 - 1 is a key no sample index uses.
-        generator = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, 2**32 - 1))
-        order = torch.randperm(self.size, generator=generator)[:self.end][self.start + self.rank::self.world_size]
-        return ((self.epoch, int(index)) for index in order)
-
-
-def train_loader(samples: TrainingSamples, micro_batch: int, sampler: Sampler, workers: int,
-                 device: torch.device, timeout: float = 0) -> DataLoader:
-    """The training DataLoader of one epoch: `sampler`'s keys in micro-batches, `workers` processes,
-    pinned memory on CUDA (the GPU readiness check, ``stages.training.gpucheck``, times this one)."""
-    return DataLoader(samples, batch_size=micro_batch, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", collate_fn=collate_samples, worker_init_fn=ignore_stop_signals,
-                      timeout=timeout if workers else 0)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """lr multiplier: linear warm-up (t+1)/W for t < W, then cosine from 1 to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+from stages.training.checkpointing import _history, _rng_states, config_changes, restore  # noqa: F401  (config_changes: re-exported)
+from stages.training.sampling import EpochSampler, TrainingSamples, collate_samples, train_loader  # noqa: F401  (re-exported)
+from stages.training.schedule import warmup_cosine  # noqa: F401  (re-exported)
+from stages.training.step import (Optimisation, StepResult, autocast_dtype, optimizer_step,  # noqa: F401  (re-exported)
+                                  resolve_accumulation)
 
 
 def _resolve_device(config: TrainConfig) -> torch.device:
@@ -151,179 +59,6 @@ def _resolve_device(config: TrainConfig) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(config.device)
 
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run (None: fp32): auto is bf16 on CUDA and fp32 elsewhere."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-
-def _rng_states() -> dict[str, Any]:
-    """Every RNG state as tensors and plain types, so ckpt/last.pt loads with ``weights_only=True``."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    numpy_state = states["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    random.setstate(states["python"])
-    if states["cuda"]:
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"optim.lr: 0.001 -> 0.0005"`` for every field (dotted) where the runs differ (config.EXECUTION_FIELDS aside)."""
-    old, new = _flatten(without_execution(saved)), _flatten(without_execution(current))
-    return [f"{key}: {old.get(key, '<unset>')} -> {new.get(key, '<unset>')}" for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key)]
-
-
-# --- one optimiser step -----------------------------------------------------------------------
-
-def resolve_accumulation(config: TrainConfig, method: Method) -> str:
-    """``exact`` or ``independent``: how `method` accumulates ``optim.accum_steps`` micro-batches (config.py's
-    ``optim.accum``; auto: exact for a method whose loss couples samples). One micro-batch: independent (the plain step)."""
-    optim = config.optim
-    if optim.accum_steps == 1:
-        return "independent"
-    mode = optim.accum
-    if mode == "auto":
-        mode = "exact" if method.spec.couples_samples and method.splits_step() else "independent"
-    if mode == "exact" and not method.splits_step():
-        raise ConfigError(f"optim.accum: exact needs {config.method}'s step as prepare/embed/batch_loss "
-                          "(stages/methods/_base.py); it defines training_step only. Fix: set optim.accum: independent")
-    return mode
-
-
-@dataclass
-class Optimisation:
-    """What one optimiser step needs: the method (through DDP), AdamW, its schedule, AMP, clipping, and how
-    micro-batches accumulate (`accum`: ``exact``, gradient caching, or ``independent``)."""
-
-    method: Method
-    training_step: TrainingStep
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    autocast_dtype: torch.dtype | None
-    grad_clip: float | None
-    device: torch.device
-    accum: str = "independent"
-
-    @classmethod
-    def build(cls, method: Method, config: TrainConfig, total_steps: int, device: torch.device,
-              dist_info: DistInfo) -> Optimisation:
-        """AdamW (decay on every trained parameter, as the official code) with warm-up + cosine, AMP, DDP."""
-        # The fused CUDA kernel does the whole AdamW update in one launch; CPU keeps the foreach default.
-        optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=config.optim.lr,
-                                      weight_decay=method.optimizer_weight_decay(), fused=device.type == "cuda")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                      warmup_cosine(config.optim.warmup_steps, total_steps))
-        dtype = autocast_dtype(config.precision, device)
-        # fp16 needs loss scaling (its range underflows small gradients); a disabled scaler is a no-op.
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        return cls(method, TrainingStep(method, dist_info, device), optimizer, scheduler, scaler, dtype,
-                   config.optim.grad_clip, device, resolve_accumulation(config, method))
-
-
-@dataclass
-class StepResult:
-    """One optimiser step's loss terms (means over its micro-batches), gradient norm and lr, all on the device;
-    `applied` is False when a term or the gradient norm was not finite (the weights were left as they were)."""
-
-    terms: dict[str, torch.Tensor]
-    grad_norm: torch.Tensor
-    lr: float
-    applied: bool = True
-
-    def nonfinite(self) -> list[str]:
-        """The loss terms (and ``grad_norm``) that are not finite."""
-        values = {**self.terms, "grad_norm": self.grad_norm}
-        return [name for name, value in values.items() if not bool(torch.isfinite(value))]
-
-
-def optimizer_step(parts: Optimisation, group: list[dict[str, torch.Tensor]], progress: Progress) -> StepResult:
-    """One optimiser step over the micro-batches `group` (what ``make bench`` times).
-
-    Reads one flag back from the device: whether the loss terms and the gradient norm are finite
-    (all ranks agreeing). A step that is not finite is not applied, so no NaN ever reaches the
-    weights or the optimiser's moments; the schedule advances as for any step (its data was consumed).
-    fp16's gradient scaler keeps its own rule for gradients (it skips steps whose gradients overflow
-    and lowers the scale), so there only the loss terms are checked here.
-
-    Several micro-batches accumulate as `parts.accum` says: ``exact`` (stages/training/gradcache.py: the
-    whole group's loss and gradients; its terms are the whole batch's) or ``independent`` (each
-    micro-batch's loss over len(group), terms averaged).
-    """
-    method = parts.method
-    method.begin_step(progress)
-    parts.optimizer.zero_grad(set_to_none=True)
-    if parts.accum == "exact" and len(group) > 1:
-        terms = exact_accumulation(
-            method, [{key: value.to(parts.device, non_blocking=True) for key, value in batch.items()} for batch in group],
-            progress, lambda: _autocast(parts), parts.scaler.scale, parts.device)
-    else:
-        terms = _independent_accumulation(parts, group, progress)
-    parts.scaler.unscale_(parts.optimizer)  # the true gradients (a no-op without fp16's scaler)
-    parameters = [p for group_ in parts.optimizer.param_groups for p in group_["params"]]
-    grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, parts.grad_clip) if parts.grad_clip is not None
-                 else torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
-    checked = list(terms.values()) + ([] if parts.scaler.is_enabled() else [grad_norm.detach().float()])
-    finite = bool(torch.isfinite(torch.stack(checked)).all()) if checked else True
-    (bad,) = any_rank([not finite], parts.device)
-    if bad:
-        parts.optimizer.zero_grad(set_to_none=True)
-    else:
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-    lr = parts.scheduler.get_last_lr()[0]
-    parts.scheduler.step()
-    method.after_optimizer_step(progress.step + 1)
-    return StepResult(terms, grad_norm.detach().float(), lr, applied=not bad)
-
-
-def _autocast(parts: Optimisation) -> AbstractContextManager[Any]:
-    return (torch.autocast(parts.device.type, dtype=parts.autocast_dtype) if parts.autocast_dtype is not None
-            else nullcontext())
-
-
-def _independent_accumulation(parts: Optimisation, group: list[dict[str, torch.Tensor]],
-                              progress: Progress) -> dict[str, torch.Tensor]:
-    """Each micro-batch's own loss / len(group), backpropagated through DDP; the terms' mean over the group."""
-    autocast = _autocast(parts)
-    terms: dict[str, torch.Tensor] = {}
-    for index, batch in enumerate(group):
-        batch = {key: value.to(parts.device, non_blocking=True) for key, value in batch.items()}
-        # DDP all-reduces the gradients in the last micro-batch's backward only.
-        with parts.training_step.no_sync() if index < len(group) - 1 else nullcontext():
-            with autocast:
-                micro_terms = parts.training_step(batch, progress)
-            parts.scaler.scale(sum(micro_terms.values()) / len(group)).backward()
-        for name, value in micro_terms.items():
-            addend = term_value(value) / len(group)
-            terms[name] = terms[name] + addend if name in terms else addend
-    return terms
-
-
-# --- the log window ---------------------------------------------------------------------------
 
 @dataclass
 class LogWindow:
@@ -532,76 +267,6 @@ def setup(config: TrainConfig, run_dir: RunDir) -> Training:
                     TrainingSamples(train_source, bundle.preprocess_train, config.seed, method.sample_draw(),
                                     skip_corrupt=config.data.skip_corrupt),
                     val_loader, record, micro_batch, steps_per_epoch, total_steps)
-
-
-def _history(run_dir: RunDir, config: TrainConfig) -> dict[str, Any]:
-    """What the run record of an earlier attempt of this same run says about it (interruptions, skipped steps)."""
-    try:
-        previous = run_dir.read_record()
-    except ConfigError:  # a record of another pipeline version: its history is not this run's
-        return {}
-    if previous is None or config_changes(previous.config.model_dump(mode="json"), config.model_dump(mode="json")):
-        return {}
-    return {"interruptions": previous.interruptions, "nonfinite_steps": previous.nonfinite_steps}
-
-
-def restore(run: Training) -> None:
-    """Continue from ckpt/last.pt (or prev.pt) when it was written by this config; drop log rows after it."""
-    state = run.run_dir.load_resume_state()
-    current = run.record.config.model_dump(mode="json")
-    if state is not None and (state.get("config") is None or config_changes(state["config"], current)):
-        # Resuming someone else's optimiser state would silently mix two runs.
-        print(f"{run.run_dir.last} was written by a different config: starting this run from scratch")
-        state = None
-    if state is not None:
-        method, parts = run.method, run.parts
-        method.student.load_state_dict(state["state_dict"])
-        if state["head"] is not None:
-            method.load_head_state(state["head"])
-        if state.get("teacher") is not None:
-            method.load_teacher_state(state["teacher"])
-        parts.optimizer.load_state_dict(state["optimizer"])
-        parts.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            parts.scaler.load_state_dict(state["scaler"])
-        run.step, run.best_val = state["step"], state["best_val"]
-        _set_rng_states(state["rng"])
-        print(f"resuming {run.run_dir.path} from step {run.step}/{run.total_steps}")
-    # Drop log lines written after the checkpoint we resume from (they will be redone); a line cut off
-    # by a kill mid-write is dropped too.
-    log_path = run.run_dir.log
-    if run.writes and log_path.is_file():
-        rows = [(line, _log_row(line)) for line in log_path.read_text(encoding="utf-8").splitlines()]
-        reached = max((row.get("step", 0) for _, row in rows if row is not None), default=0)
-        kept = [line for line, row in rows if row is not None and row.get("step", 0) <= run.step]
-        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        if state is not None:
-            _record_resume(run, reached)
-    if state is None:  # from scratch: an earlier attempt's history is not this one's
-        run.record.interruptions = []
-    run.record.nonfinite_steps = [step for step in run.record.nonfinite_steps if step < run.step]
-
-
-def _log_row(line: str) -> dict[str, Any] | None:
-    """One train_log.jsonl row, or None for a line that is not one (cut off by a kill mid-write)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) else None
-
-
-def _record_resume(run: Training, reached: int) -> None:
-    """Complete the run record's interruption entry for this resume: the signalled one written when the last
-    attempt stopped, or, when it stopped without a signal (kill -9, node lost), a ``killed`` entry whose step is
-    its last logged step (a lower bound of where it was)."""
-    pending = run.record.interruptions[-1] if run.record.interruptions else None
-    if pending is None or pending.resumed_from is not None:
-        pending = Interruption(reason="killed", step=max(reached, run.step), at=now())
-        run.record.interruptions.append(pending)
-    pending.resumed_from = run.step
-    pending.steps_lost = max(0, pending.step - run.step)
-    run.run_dir.write_record(run.record)
 
 
 def end_of_epoch(run: Training, epoch: int, log: IO[str], tracker: Tracker) -> None:

@@ -6,10 +6,9 @@
 #
 # Settings come from the config mapping `descriptors` (snakemake's --config takes it as YAML and
 # merges it into the config file's; it does not accept dotted keys such as descriptors.model=).
-# Names and defaults:
-#   backend: openai | transformers (openai)     model: (gpt-3.5-turbo for openai)
-#   base_url: OpenAI-compatible endpoint (OPENAI_BASE_URL or the OpenAI API)
-#   concepts: list or "a,b,c" (none: step 1 asks the LLM)   runs: 3   temperature: 1.0   seed: none
+# Names: backend, model, base_url, concepts (list or "a,b,c"; none: step 1 asks the LLM), runs,
+# temperature, seed (stages.config.DescriptorsSettings); a setting left out is the generator's default
+# (stages.descriptors.generate.GenerateConfig, shown by `python -m stages.descriptors generate --help`).
 # The API key is read from OPENAI_API_KEY, never from the config. Answers are cached in .cache/llm,
 # so a rerun replays them for free. Banks are immutable: the output is protected, and the CLI
 # refuses different content over an existing version (write v<N+1> instead). Training rules
