@@ -27,8 +27,8 @@ from torch import Tensor
 from stages.methods._base import Method, MethodContext, Progress
 from stages.methods._spec import MethodSpec, register_method
 from stages.strict import Strict
-from stages.training.distributed import gather_batch
-from stages.training.losses import ClipLoss
+from stages.collectives import gather_batch
+from stages.losses import ClipLoss
 
 
 class L2spOptions(Strict):

@@ -13,7 +13,7 @@ from conftest import TEST_DESCRIPTORS as DESCRIPTORS
 from conftest import carot_loss_py_schedule, move_student_off_teacher, progress, tiny_config
 from stages.data.source import load_image
 from stages.models import create_clip, encode_text_trimmed
-from stages.training.losses import ClipLoss, star_loss
+from stages.losses import ClipLoss, star_loss
 from stages.methods import MethodContext, build_method, method_names
 from stages.methods.starft import StarFT
 

@@ -25,7 +25,7 @@ from stages.io import atomic_torch_save
 from stages.models.factory import create_clip
 from stages.models.text import encode_text_trimmed
 from stages.training.loop import warmup_cosine
-from stages.training.losses import ClipLoss
+from stages.losses import ClipLoss
 
 _DEMO = DemoSettings()  # the workflow's demo settings own the defaults (config/config.yaml `demo:`)
 

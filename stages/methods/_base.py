@@ -2,7 +2,7 @@
 
 A method computes named, already weighted loss terms of one micro-batch (`training_step`); the loop
 sums them, backpropagates and logs each one. The maths of every term lives in
-stages/training/losses.py.
+stages/losses.py.
 
 The step is three parts, so that the loop can accumulate micro-batches exactly (gradient caching,
 stages/training/gradcache.py): `prepare` (what needs no gradient: per-sample draws, the frozen
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from stages.models.classifier import build_zeroshot_weights
 from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.methods._spec import MethodSpec
-from stages.training.distributed import gather_batch
+from stages.collectives import gather_batch
 
 if TYPE_CHECKING:
     from stages.config import TrainConfig

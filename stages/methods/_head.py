@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from stages.methods._base import Method, MethodContext, Prepared, Progress, unit
 from stages.models.teacher import frozen_copy
 from stages.models.classifier import build_zeroshot_weights
-from stages.training.losses import _as_float
+from stages.losses import _as_float
 
 
 class HeadMethod(Method):
@@ -58,7 +58,7 @@ class HeadMethod(Method):
         return self.head_terms(features["image"], fixed)
 
     def head_terms(self, image_features: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        # fp32 for half-precision logits; float64 stays float64 (as every loss, stages/training/losses.py)
+        # fp32 for half-precision logits; float64 stays float64 (as every loss, stages/losses.py)
         return {"ce": F.cross_entropy(_as_float(self.head_logits(image_features)), batch["label"])}
 
     def head_state(self) -> dict[str, Any]:

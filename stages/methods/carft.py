@@ -11,7 +11,7 @@ from stages.methods._head import RegularisedHeadMethod
 from stages.methods._spec import MethodSpec, register_method
 from stages.models.classifier import build_zeroshot_weights
 from stages.strict import Strict
-from stages.training.losses import ContextKLLoss
+from stages.losses import ContextKLLoss
 
 
 class CarftOptions(Strict):

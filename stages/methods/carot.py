@@ -13,7 +13,7 @@ from stages.methods._spec import MethodSpec, register_method
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed
 from stages.strict import Strict
-from stages.training.losses import ClipLoss, ProjectionPenalties, SymmetricDistillLoss
+from stages.losses import ClipLoss, ProjectionPenalties, SymmetricDistillLoss
 
 
 class CarotOptions(Strict):

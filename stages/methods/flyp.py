@@ -8,7 +8,7 @@ from torch import Tensor
 
 from stages.methods._base import Method, MethodContext, Prepared, Progress
 from stages.methods._spec import MethodSpec, register_method
-from stages.training.losses import ClipLoss
+from stages.losses import ClipLoss
 
 
 @register_method(MethodSpec(name="flyp", display="FLYP", summary='CLIP contrastive on "a photo of a {c}." (Eq. 1); '

@@ -11,7 +11,7 @@ from stages.methods._head import RegularisedHeadMethod
 from stages.methods._spec import MethodSpec, register_method
 from stages.models.text import encode_text_trimmed
 from stages.strict import Strict
-from stages.training.losses import RandomTextLogitMSE
+from stages.losses import RandomTextLogitMSE
 
 
 class LipsumftOptions(Strict):

@@ -20,7 +20,7 @@ from stages.methods._base import Method, MethodContext, Prepared, Progress, modu
 from stages.methods._spec import MethodSpec, register_method
 from stages.models.teacher import frozen_copy
 from stages.models.text import encode_text_trimmed, trim_tokens
-from stages.training.losses import ClipLoss, StarLoss
+from stages.losses import ClipLoss, StarLoss
 
 if TYPE_CHECKING:
     from stages.config import TrainConfig

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -171,38 +169,6 @@ def init_distributed(env: Mapping[str, str] | None = None) -> DistInfo:
             dist.init_process_group(backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
                                     rank=info.rank, world_size=info.world_size)
     return DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag, true when it is true on any rank (one small all-reduce), so that every rank takes the
-    same branch (stop, checkpoint, skip a step) at the same step. One process: the flags."""
-    if not _distributed():
-        return flags
-    values = torch.tensor([float(flag) for flag in flags], device=device)
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return [bool(value) for value in values.tolist()]
-
-
-def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """Each tensor with every rank's shard concatenated along dim 0 in rank order (one call per step
-    gathers everything a loss needs); gradients flow back to each shard. One process: the tensors."""
-    if not _distributed():
-        return tensors
-    return tuple(_gather(tensor) for tensor in tensors)
-
-
-def _gather(tensor: Tensor) -> Tensor:
-    if tensor.requires_grad:
-        with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.cat(dist_fn.all_gather(tensor))
-    shards = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(shards, tensor.contiguous())
-    return torch.cat(shards)
 
 
 class _StepModule(nn.Module):

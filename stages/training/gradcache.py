@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from stages.methods import Method, Progress
-from stages.training.distributed import _distributed
+from stages.collectives import _distributed
 
 # Gradients are all-reduced in flat buckets of about this many bytes (bounded extra memory).
 BUCKET_BYTES = 64 * 2**20

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from stages.collectives import any_rank
 from stages.config import ConfigError, TrainConfig
 from stages.data.check import check_images_once
 from stages.data.source import DatasetError, ImageDataset, LabeledImages, build_dataset
@@ -44,7 +45,7 @@ from stages.methods import Method, MethodContext, Progress, build_method
 from stages.models.factory import create_clip, read_checkpoint
 from stages.provenance import code_version, now, provenance
 from stages.rundir import Interruption, RunDir, RunRecord
-from stages.training.distributed import DistInfo, any_rank, init_distributed, resolve_launch
+from stages.training.distributed import DistInfo, init_distributed, resolve_launch
 from stages.training.interrupt import CheckpointClock, RunInterrupted, StopRequests, ignore_stop_signals
 from stages.training.tracking import Tracker
 from stages.training.checkpointing import _history, _rng_states, config_changes, restore  # noqa: F401  (config_changes: re-exported)

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from stages.collectives import any_rank
 from stages.config import ConfigError, TrainConfig
 from stages.methods import Method, Progress
-from stages.training.distributed import DistInfo, TrainingStep, any_rank
+from stages.training.distributed import DistInfo, TrainingStep
 from stages.training.gradcache import exact_accumulation, term_value
 from stages.training.schedule import warmup_cosine
 
