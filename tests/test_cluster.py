@@ -58,11 +58,26 @@ def _at_step(monkeypatch: pytest.MonkeyPatch, method: str, step: int, action) ->
     monkeypatch.setattr(cls, "after_optimizer_step", after_optimizer_step)
 
 
+def _signal_config():
+    return tiny_config("flyp", checkpoint_every=1000, log_every=1, optim__epochs=2, optim__max_steps_per_epoch=3)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The signal tests' uninterrupted reference, trained once for all three signals (same config, same
+    2 threads as every test), with its image-check stamps in a folder of its own as in any test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STAGES_CHECK_STAMPS", str(tmp_path_factory.mktemp("check-stamps")))
+        torch.set_num_threads(2)
+        straight = tmp_path_factory.mktemp("straight")
+        train(_signal_config(), straight)
+    return straight
+
+
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT], ids=["USR1", "TERM", "INT"])
 def test_signal_mid_epoch_checkpoints_that_step_and_resumes_bit_identically(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
-    config = tiny_config("flyp", checkpoint_every=1000, log_every=1, optim__epochs=2, optim__max_steps_per_epoch=3)
-    train(config, tmp_path / "straight")
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, straight_run: Path) -> None:
+    config = _signal_config()
     run = RunDir(tmp_path / "run")
     _at_step(monkeypatch, "flyp", 2, lambda: os.kill(os.getpid(), signum))
     with pytest.raises(RunInterrupted, match=rf"interrupted by {signal.Signals(signum).name} at step 2: "):
@@ -70,7 +85,7 @@ def test_signal_mid_epoch_checkpoints_that_step_and_resumes_bit_identically(
     assert torch.load(run.last, weights_only=True)["step"] == 2 and not run.best.exists()
     monkeypatch.undo()
     train(config, run)
-    assert _same_weights(run.best, tmp_path / "straight" / "best.pt")
+    assert _same_weights(run.best, straight_run / "best.pt")
     record = json.loads(run.record_path.read_text())
     assert [(i["reason"], i["step"], i["resumed_from"], i["steps_lost"]) for i in record["interruptions"]] == [
         (signal.Signals(signum).name, 2, 2, 0)]

@@ -356,6 +356,20 @@ def test_workflow_runs_through_slurm(slurm: Slurm, demo: Demo, tmp_path: Path) -
     print(f"workflow through SLURM: {len(submitted)} sbatch jobs, {seconds:.1f} s")
 
 
+def _train_here(argv: list[str]) -> int:
+    """`python -m stages.training ARGV` in this process, as the subprocess references ran it: one thread
+    (OMP_NUM_THREADS=1, so the same kernels and the same bits) and no SLURM job variables in sight."""
+    import torch
+
+    from stages.training.__main__ import main as training_main
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith(("SLURM_", "SBATCH_", "SRUN_"))]:
+            patch.delenv(name)
+        torch.set_num_threads(1)
+        return training_main(argv)
+
+
 def _job_states(slurm: Slurm, job: str) -> str:
     done = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], env=slurm.env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
@@ -440,14 +454,11 @@ def test_interrupted_training_job_requeues_itself(slurm: Slurm, demo: Demo, tmp_
              if "loss" in row]
     assert steps == list(range(1, 25)), steps
 
-    # The same run trained in one go, by the trainer directly: identical weights.
+    # The same run trained in one go, by the trainer's CLI directly (in this process, on one thread as
+    # the job's OMP_NUM_THREADS=1: the same kernels, so the same bits): identical weights.
     direct = tmp_path / "direct"
-    env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "stages.training", "--config", str(run_dir / "train.yaml"),
-                           "--out", str(direct), "--set", "device=cpu", "--set", "data.workers=0", "--set",
-                           f"data.data_root={demo.config['data_root']}"], cwd=REPO, env=env,
-                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:]
+    assert _train_here(["--config", str(run_dir / "train.yaml"), "--out", str(direct), "--set", "device=cpu",
+                       "--set", "data.workers=0", "--set", f"data.data_root={demo.config['data_root']}"]) == 0
     interrupted, uninterrupted = (torch.load(path / "best.pt", weights_only=True)["state_dict"]
                                   for path in (run_dir, direct))
     assert interrupted.keys() == uninterrupted.keys()
@@ -480,9 +491,8 @@ def test_two_task_srun_trains_like_one_process(slurm: Slurm, tmp_path: Path) -> 
     config = _srun_train_config(tmp_path)
     train = [sys.executable, "-m", "stages.training", "--config", str(config), "--out"]
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    single = subprocess.run([*train, str(tmp_path / "single")], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-    assert single.returncode == 0, single.stdout[-3000:]
+    # The one-process reference through the same CLI, in this process (one thread, as the srun tasks).
+    assert _train_here(["--config", str(config), "--out", str(tmp_path / "single")]) == 0
     srun = ["srun", "-p", slurm.partition, "-n2", "--mem=2000", "-t", "10", "--kill-on-bad-exit=1"]
     started = time.monotonic()
     done = subprocess.run([*srun, *train, str(tmp_path / "srun")], cwd=REPO, env=env, text=True,

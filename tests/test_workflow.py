@@ -147,7 +147,8 @@ def test_own_data_config_runs_end_to_end_on_a_folder_tree(tmp_path: Path) -> Non
                   device="cpu", workers=0, eval_image_cache=str(tmp_path / "crops"), eval_batch_size=8,
                   resources={"train": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "threads": 1},
                              "evaluate": {"gpu": 0, "mem_mb": 1000, "runtime": 10, "threads": 1}})
-    config["train_sets"]["imagefolder"]["optim"] = {"lr": 1e-3, "warmup_steps": 1, "epochs": 2, "batch_size": 4}
+    config["train_sets"]["imagefolder"]["optim"] = {"lr": 1e-3, "warmup_steps": 1, "epochs": 2, "batch_size": 4,
+                                                    "max_steps_per_epoch": 1}
     config["tables"][1].update(methods=["zeroshot", "flyp"], alphas=[0.0, 1.0])
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
     result = snakemake("--cores", "2", "-q", "--configfile", str(tmp_path / "own.yaml"), "--",
