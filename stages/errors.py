@@ -40,17 +40,22 @@ def _where(error: Any) -> str:
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
+def _read_text(path: Path, what: str, fix: str = "") -> str:
+    """The text of a user's file; a missing or unreadable one is a `UserFileError` naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserFileError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserFileError(f"{what} {path} cannot be read ({error}){fix}") from None
+
+
 def read_yaml(path: Path, what: str = "file") -> Any:
     """The parsed YAML of `path`; a missing file or a syntax error is a `UserFileError` naming the file."""
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserFileError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserFileError(f"{what} {path} cannot be read ({error})") from None
+    text = _read_text(path, what)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -62,12 +67,7 @@ def read_yaml(path: Path, what: str = "file") -> Any:
 def read_json(path: Path, what: str = "file", fix: str = "") -> Any:
     """The parsed JSON of `path`; a missing file or a syntax error is a `UserFileError` naming the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserFileError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserFileError(f"{what} {path} cannot be read ({error}){fix}") from None
+    text = _read_text(path, what, fix)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
