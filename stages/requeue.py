@@ -22,6 +22,7 @@ second SIGINT as "stop at once".
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -51,18 +52,33 @@ def _log(message: str) -> None:
 
 def _last_interruption(run_dir: Path | None) -> str:
     """'SIGTERM at step 12' from the run record's last interruption (what the trainer wrote), or ''."""
-    if run_dir is None:
+    entries = _interruptions(run_dir)
+    try:
+        return f"{entries[-1]['reason']} at step {entries[-1]['step']}"
+    except (KeyError, IndexError, TypeError):
         return ""
-    import json
 
-    from stages.rundir import RunDir  # only after an interruption: torch is not this supervisor's cost otherwise
+
+def _interruptions(run_dir: Path | None) -> list[dict]:
+    """The run record's interruption entries ([] without a run dir or a readable record)."""
+    if run_dir is None:
+        return []
+    from stages.rundir import RunDir  # only when the trainer has ended: the supervisor starts it without delay
 
     try:
-        record = json.loads(RunDir(run_dir).record_path.read_text(encoding="utf-8"))
-        last = record["interruptions"][-1]
-        return f"{last['reason']} at step {last['step']}"
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return ""
+        entries = json.loads(RunDir(run_dir).record_path.read_text(encoding="utf-8")).get("interruptions", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return entries if isinstance(entries, list) else []
+
+
+def _stopped_at_a_checkpoint(run_dir: Path | None, before: int) -> bool:
+    """Whether the trainer recorded a new interruption, not yet resumed, during this attempt.
+
+    torchrun does not pass its workers' exit 75 on (SIGTERM makes it kill them and exit 1), so a
+    single-node multi-GPU job is recognised as interrupted by the record its rank 0 wrote."""
+    entries = _interruptions(run_dir)
+    return len(entries) > before and isinstance(entries[-1], dict) and entries[-1].get("resumed_from") is None
 
 
 def requeue(job_id: str) -> str | None:
@@ -82,6 +98,7 @@ def requeue(job_id: str) -> str | None:
 
 def supervise(command: list[str], slurm: bool, run_dir: Path | None) -> int:
     """Run `command`; on exit 75 requeue the SLURM job (``slurm``) or say how to resume; return the job's status."""
+    before = len(_interruptions(run_dir))
     child = subprocess.Popen(command)
     received: list[str] = []
 
@@ -97,6 +114,9 @@ def supervise(command: list[str], slurm: bool, run_dir: Path | None) -> int:
         signal.signal(number, forward)
     signal.signal(signal.SIGINT, note)
     status = child.wait()  # PEP 475: wait() resumes by itself after each handled signal
+    if status not in (0, EXIT_INTERRUPTED) and _stopped_at_a_checkpoint(run_dir, before):
+        _log(f"the trainer's launcher exited {status} after the run stopped at a checkpoint: interrupted")
+        status = EXIT_INTERRUPTED
     if status != EXIT_INTERRUPTED:
         return status if status >= 0 else 128 - status  # killed by a signal: the shell's convention
     what = _last_interruption(run_dir) or f"exit {EXIT_INTERRUPTED}"

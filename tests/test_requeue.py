@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from conftest import tiny_config
@@ -50,3 +52,32 @@ def test_interrupted_trainer_outside_slurm_says_rerun_and_the_rerun_resumes(tmp_
     (resumed,) = json.loads((run_dir / "run.json").read_text())["interruptions"]
     assert resumed["resumed_from"] == interruption["step"] and resumed["steps_lost"] == 0
     assert (run_dir / "best.pt").is_file()
+
+
+def test_torchrun_launched_trainer_interrupted_is_still_resumable(tmp_path: Path) -> None:
+    """torchrun answers SIGTERM by stopping its workers and exiting 1, not 75: the supervisor reads the run record."""
+    config = tiny_config("flyp", optim__epochs=1, optim__max_steps_per_epoch=None, optim__batch_size=2,
+                         checkpoint_every=1000, log_every=1, data__check="none", tracking=[])
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    run_dir = tmp_path / "run"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "stages.requeue", "--run-dir", str(run_dir), "--", sys.executable, "-m",
+               "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port), "-m", "stages.training",
+               "--config", str(path), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("SLURM_JOB_ID", None)
+    job = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "train_log.jsonl").is_file():
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[0]
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    output = job.communicate(timeout=180)[0]
+    assert job.returncode == 75, output
+    assert "interrupted, resumable: rerun the same command to resume" in output, output
+    (interruption,) = json.loads((run_dir / "run.json").read_text())["interruptions"]
+    assert interruption["reason"] == "SIGTERM" and interruption["resumed_from"] is None
+    assert torch.load(run_dir / "ckpt" / "last.pt", weights_only=True)["step"] == interruption["step"]
