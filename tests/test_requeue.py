@@ -22,16 +22,27 @@ from conftest import tiny_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_interrupted_trainer_outside_slurm_says_rerun_and_the_rerun_resumes(tmp_path: Path) -> None:
+def _long_run(tmp_path: Path) -> tuple[Path, Path]:
+    """(config file, run dir) of a FLYP run long enough to be signalled while it trains."""
     config = tiny_config("flyp", optim__epochs=1, optim__max_steps_per_epoch=None, optim__batch_size=2,
                          checkpoint_every=1000, log_every=1, data__check="none", tracking=[])
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "stages.requeue", "--run-dir", str(run_dir), "--", sys.executable, "-m",
-               "stages.training", "--config", str(path), "--out", str(run_dir), "--exit-with-parent"]
+    return path, tmp_path / "run"
+
+
+def _env() -> dict[str, str]:
+    """The trainer's environment outside SLURM (a SLURM_JOB_ID would make the supervisor try a requeue)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("SLURM_JOB_ID", None)
+    return env
+
+
+def test_interrupted_trainer_outside_slurm_says_rerun_and_the_rerun_resumes(tmp_path: Path) -> None:
+    path, run_dir = _long_run(tmp_path)
+    command = [sys.executable, "-m", "stages.requeue", "--run-dir", str(run_dir), "--", sys.executable, "-m",
+               "stages.training", "--config", str(path), "--out", str(run_dir), "--exit-with-parent"]
+    env = _env()
     job = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (run_dir / "train_log.jsonl").is_file():  # training has begun: the stop handlers are in place
@@ -56,19 +67,14 @@ def test_interrupted_trainer_outside_slurm_says_rerun_and_the_rerun_resumes(tmp_
 
 def test_torchrun_launched_trainer_interrupted_is_still_resumable(tmp_path: Path) -> None:
     """torchrun answers SIGTERM by stopping its workers and exiting 1, not 75: the supervisor reads the run record."""
-    config = tiny_config("flyp", optim__epochs=1, optim__max_steps_per_epoch=None, optim__batch_size=2,
-                         checkpoint_every=1000, log_every=1, data__check="none", tracking=[])
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    run_dir = tmp_path / "run"
+    path, run_dir = _long_run(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "stages.requeue", "--run-dir", str(run_dir), "--", sys.executable, "-m",
                "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port), "-m", "stages.training",
                "--config", str(path), "--out", str(run_dir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("SLURM_JOB_ID", None)
+    env = _env()
     job = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while not (run_dir / "train_log.jsonl").is_file():
