@@ -7,12 +7,13 @@ length once; ``no_range`` paths ignore Range (a plain 200). ``requests`` records
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from local_server import LocalServer
 
-class DataServer:
+
+class DataServer(LocalServer):
     """Run with ``with DataServer({"/x.tar": data}) as server:``; ``server.url`` is its origin."""
 
     def __init__(self, files: dict[str, bytes]) -> None:
@@ -66,17 +67,7 @@ class DataServer:
                     return
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> DataServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.serve(Handler)
 
     def gets(self, path: str) -> list[str | None]:
         """The Range header of every GET of `path` (None: a plain request)."""

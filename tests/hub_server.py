@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from local_server import LocalServer
 
-class HubServer:
+
+class HubServer(LocalServer):
     """Run with ``with HubServer() as hub:``; ``hub.url`` is the endpoint, ``hub.requests`` what came in."""
 
     def __init__(self) -> None:
@@ -73,14 +74,4 @@ class HubServer:
                 hub.requests.append(("GET", self.path))
                 self._reply(404, {"error": f"not handled: {self.path}"})
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> HubServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self.serve(Handler)
