@@ -6,7 +6,7 @@ runs one training step of the method (default starft) as the loop runs it (`opti
 peak memory is its own: ``1xB`` (one micro-batch), ``kxm-exact`` (stages/training/gradcache.py) and
 ``kxm-independent``. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the steps
 (everything the process holds: weights, teacher, AdamW state, activations); on CPU the process's
-RSS high-water (``ru_maxrss``) minus its RSS just before the first step, i.e. what the steps added
+RSS high-water (``VmHWM``, reset just before the first step) minus its RSS then, i.e. what the steps added
 on top of the built method (allocator caching included). Output ``results/bench/<arch>-accum.json``
 and a markdown summary beside it.
 """
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,9 +35,23 @@ from stages.training.distributed import DistInfo
 from stages.training.loop import Optimisation, optimizer_step
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of /proc/self/status in bytes (the kernel reports kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line (the CPU memory measure needs Linux)")
+
+
+def _reset_rss_high_water() -> int:
+    """Reset this process's RSS high-water mark to its current RSS and return that RSS in bytes.
+
+    Writing 5 to /proc/self/clear_refs (Linux >= 4.0) resets VmHWM, so the peak read after the steps
+    is the steps' own even when the process ran something bigger before (an in-process caller, a test
+    session); without the reset, the lifetime ``ru_maxrss`` minus the current RSS measures nothing.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmHWM")
 
 
 def measure_setting(args: argparse.Namespace, accum_steps: int, mode: str) -> dict[str, Any]:
@@ -66,7 +78,7 @@ def measure_setting(args: argparse.Namespace, accum_steps: int, mode: str) -> di
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    before = _rss_bytes()
+    before = _reset_rss_high_water() if device.type != "cuda" else 0
     times = []
     for index in range(args.warmup + args.steps):
         batch = synthetic_batch(generator, args.batch_size, bundle.image_size, args.classes, descriptors, device)
@@ -78,8 +90,8 @@ def measure_setting(args: argparse.Namespace, accum_steps: int, mode: str) -> di
         peak = torch.cuda.max_memory_allocated(device)
         source = "torch.cuda.max_memory_allocated (whole process: weights, teacher, AdamW state, activations)"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux reports KiB
-        source = "RSS high-water minus RSS before the first step (CPU: what the steps added)"
+        peak = _status_bytes("VmHWM") - before
+        source = "RSS high-water (VmHWM, reset before the first step) minus RSS then (CPU: what the steps added)"
     step_time = statistics.median(times)
     return {"accum_steps": accum_steps, "micro_batch": micro, "accum": parts.accum, "step_time_s": step_time,
             "step_times_s": times, "samples_per_s": args.batch_size / step_time, "peak_memory_mb": peak / 2**20,
