@@ -46,13 +46,18 @@ def report(error: BaseException) -> int:
 
 
 class _Console(logging.Handler):
-    """The pipeline's log records (``stages.*``) as plain lines on stdout; other libraries' warnings on stderr."""
+    """The pipeline's log records (``stages.*``) as plain lines on `messages_on`; other libraries' warnings on stderr."""
+
+    def __init__(self, messages_on: str) -> None:
+        super().__init__()
+        self.messages_on = messages_on
 
     def emit(self, record: logging.LogRecord) -> None:
         ours = record.name == "stages" or record.name.startswith("stages.")
         if not ours and record.levelno < logging.WARNING:
             return
-        stream = sys.stdout if ours else sys.stderr  # looked up now: a test may have replaced it
+        # looked up at each record, never bound: a test may have replaced (and since closed) the stream
+        stream = getattr(sys, self.messages_on) if ours else sys.stderr
         try:
             stream.write(self.format(record) + "\n")
             stream.flush()
@@ -60,13 +65,21 @@ class _Console(logging.Handler):
             self.handleError(record)
 
 
-def command(main: Main) -> Main:
-    """Wrap a command's ``main(argv)``: user errors become one stderr line and exit status 2."""
+def command(main: Main | None = None, *, messages_on: str = "stdout") -> Any:
+    """Wrap a command's ``main(argv)``: user errors become one stderr line and exit status 2.
+
+    ``@command(messages_on="stderr")`` is for a command whose log lines are progress beside its
+    output (descriptor generation): they go to stderr, and are shown even where logging was
+    configured already, as its callers (and tests) read them there.
+    """
+    if main is None:
+        return functools.partial(command, messages_on=messages_on)
 
     @functools.wraps(main)
     def wrapper(argv: Sequence[str] | None = None, *args: Any, **kwargs: Any) -> Any:
         root, ours = logging.getLogger(), logging.getLogger("stages")
-        console = _Console() if not root.handlers else None
+        show = messages_on == "stderr" or not root.handlers
+        console = _Console(messages_on) if show else None
         level = ours.level
         if console is not None:
             root.addHandler(console)
@@ -85,7 +98,7 @@ def command(main: Main) -> Main:
                 root.removeHandler(console)
                 ours.setLevel(level)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 __all__ = ["command", "one_line", "report"]

@@ -169,11 +169,10 @@ def _compare(args: argparse.Namespace) -> None:
              ", ".join(map(str, paths)))
 
 
-@cli_command
+@cli_command(messages_on="stderr")
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; return the exit status (an error: one line, status 2, stages.cli)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
     for noisy in ("httpx", "httpx2"):  # the openai client's HTTP layer logs every request URL at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = {"generate": _generate, "validate": _validate, "import-published": _import,
