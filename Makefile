@@ -64,8 +64,12 @@ demo-data:
 slurm-deps:
 	$(call apt_install,slurm-deps,[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null,slurm-wlm munge,tests/test_slurm.py will skip)
 
+# pytest-xdist: one test file per worker at a time (--dist loadfile keeps a file's module fixtures, the
+# SLURM cluster and the tiny demo among them, in one process); on 2 cores two workers overlap one
+# test's subprocess start-ups and waits with another's compute. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: venv llm-extras slurm-deps demo-data
-	$(PY) -m pytest --durations=15 -q tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 -q tests
 
 # Training-step benchmark (docs/bench.md): tiny config, then ViT-B-16 at a small CPU batch.
 bench: venv
