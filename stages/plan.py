@@ -4,8 +4,8 @@ The Snakefile and ``stages.reports`` both derive every path from here, so the fi
 plans are exactly the files a report reads:
 
 - a table's runs are its grid (``table_runs``: one ``TrainConfig`` per arch, train set, method,
-  variant, bank, concept, λ and seed); a run dir is ``RunDir.of`` (stages/rundir.py); a method
-  that does not train (zero-shot) is evaluated, never trained;
+  options entry, variant, bank, concept, λ and seed); a run dir is ``RunDir.of`` (stages/rundir.py);
+  a method that does not train (zero-shot) is evaluated, never trained;
 - its metrics are one file per `EvalRequest` (benchmark, WiSE-FT α) of the run (``RunDir.metrics``),
   all written by one evaluation job per run, which also writes the run's evaluation index
   (``RunDir.eval_index``, the job's declared output);
@@ -36,6 +36,7 @@ from stages.config import (
     TrainSetSpec,
     VariantSpec,
     WorkflowConfig,
+    override_options,
     without_execution,
 )
 from stages.data.source import DatasetError, available_datasets, dataset_layouts
@@ -45,7 +46,7 @@ from stages.evaluation.benchmarks import BENCHMARKS
 from stages.methods import method_spec
 from stages.cli import command
 from stages.errors import read_yaml
-from stages.rundir import BEST, CHECKPOINTS, LAST, EvalRequest, RunDir, run_slots, uses_bank
+from stages.rundir import BEST, CHECKPOINTS, LAST, EvalRequest, RunDir, option_values, run_slots, uses_bank
 
 # Banks a missing file may still come from: workflow/rules/descriptors.smk writes these paths.
 GENERATED_BANK = re.compile(r"(^|/)descriptor_banks/[^/]+/v\d+\.json$")
@@ -76,9 +77,10 @@ class Cell:
 # --- the grid -------------------------------------------------------------------------------
 
 def table_runs(config: WorkflowConfig, number: int) -> list[TrainConfig]:
-    """The runs table `number` needs, one per (arch, train set, method, variant, bank, concept, λ, seed).
+    """The runs table `number` needs, one per (arch, train set, method, options, variant, bank, concept, λ, seed).
 
-    A method that does not train is evaluated once per (arch, train set), at seed 0.
+    A method that does not train is evaluated once per (arch, train set), at seed 0. Grid points that
+    are one run (an options entry that names another method, or sets the workflow's value) are one.
     """
     table = config.tables[number]
     runs: dict[Path, TrainConfig] = {}
@@ -87,35 +89,46 @@ def table_runs(config: WorkflowConfig, number: int) -> list[TrainConfig]:
             spec = config.train_sets[train_set]
             for method in table.methods:
                 for seed in (table.seeds or config.seeds) if method_spec(method).trains else [0]:
-                    for variant, bank, concept, lam in _method_slots(config, table, spec, method):
-                        run = train_config(config, arch, train_set, method, seed, variant, bank, concept, lam)
+                    for overrides, variant, bank, concept, lam in _method_slots(config, table, spec, method):
+                        run = train_config(config, arch, train_set, method, seed, variant, bank, concept, lam,
+                                           overrides)
                         runs.setdefault(RunDir.of(run, config.results).path, run)
     return list(runs.values())
 
 
 def _method_slots(config: WorkflowConfig, table: TableSpec, spec: TrainSetSpec,
-                  method: str) -> list[tuple[VariantSpec, str, str, float]]:
-    """(variant, bank, concept, λ) combinations: the table's grid for the slots the method uses, the defaults otherwise."""
+                  method: str) -> list[tuple[dict[str, Any], VariantSpec, str, str, float]]:
+    """(options overrides, variant, bank, concept, λ) combinations: the table's grid for the slots the method
+    uses, the defaults otherwise (overrides ``{}``: the workflow's options block)."""
     method_uses = method_spec(method)
     default_bank = next(iter(config.banks))
     variants, banks, concepts = [VariantSpec()], [default_bank], ["background"]
     if method_uses.uses_spurious:
         variants, banks, concepts = table.variants, table.banks or [default_bank], table.concepts
     lams = (table.lams or [spec.lam]) if method_uses.uses_lambda else [spec.lam]
-    return [(variant, bank, concept, lam) for variant in variants for bank in banks for concept in concepts
-            for lam in lams]
+    overrides = [entry.get(method, {}) for entry in table.options]
+    return [(override, variant, bank, concept, lam) for override in overrides for variant in variants
+            for bank in banks for concept in concepts for lam in lams]
 
 
 def train_config(config: WorkflowConfig, arch: str, train_set: str, method: str, seed: int, variant: VariantSpec,
-                 bank: str, concept: str, lam: float) -> TrainConfig:
+                 bank: str, concept: str, lam: float, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The ``TrainConfig`` of one grid point: the train set's data settings and hyper-parameters, the
-    workflow's run settings and method options, and the point's slots."""
+    workflow's run settings and method options (with a table's `overrides` of the method's block), and
+    the point's slots.
+
+    The options an override moves off the workflow's block are the run's ``swept_options``, which its
+    run dir spells: a run with the workflow's options keeps the run dir it has without any sweep.
+    """
     spec = config.train_sets[train_set]
+    overrides = overrides or {}
+    options = override_options(config.options, method, overrides) if overrides else config.options
+    swept = [key for key in overrides if getattr(options[method], key) != getattr(config.options[method], key)]
     return TrainConfig(
         model=ModelConfig(name=arch, pretrained=config.archs[arch]),
         data=DataConfig(train_set=train_set, data_root=config.data_root, workers=config.workers,
                         **_fields(spec, DataSettings)),
-        method=method, lam=lam, seed=seed, select=spec.select, optim=spec.optim, options=config.options,
+        method=method, lam=lam, seed=seed, select=spec.select, optim=spec.optim, options=options, swept_options=swept,
         spurious=SpuriousConfig(bank=config.banks[bank].path, concept=concept, **variant.model_dump()),
         **_fields(config, RunSettings),
     )
@@ -141,6 +154,7 @@ def row_key(config: WorkflowConfig, table: TableSpec, run: TrainConfig, ensemble
         "train_set": run.data.train_set,
         "method": run.method,
         "variant": run_slots(run)["variant"],
+        "options": ", ".join(f"{key}={value}" for key, value in option_values(run).items()) or "-",
         "bank": bank,
         "concept": run.spurious.concept if bank != "-" else "-",
         "lam": f"{run.lam:g}" if method_spec(run.method).uses_lambda else "-",
@@ -247,7 +261,9 @@ def report_config(config: WorkflowConfig) -> dict[str, Any]:
     change no table or figure: the runs' EXECUTION_FIELDS (tracking, log_every, grad_checkpointing, ...;
     ``data.*`` ones per train set) and WORKFLOW_EXECUTION. A change in those rebuilds no report.
 
-    ``data_root`` stays: Grad-CAM figures read the benchmark's images under it.
+    ``data_root`` stays: Grad-CAM figures read the benchmark's images under it. A table's ``options``
+    is left out while it is the default (no sweep), so a workflow without sweeps records the text it
+    recorded before sweeps existed and its finished reports are not rebuilt for them.
     """
     dumped = config.model_dump(mode="json")
     data_fields = {dotted.split(".", 1)[1] for dotted in EXECUTION_FIELDS if dotted.startswith("data.")}
@@ -255,6 +271,9 @@ def report_config(config: WorkflowConfig) -> dict[str, Any]:
     kept = {key: value for key, value in dumped.items() if key not in neutral}
     kept["train_sets"] = {name: {key: value for key, value in spec.items() if key not in data_fields}
                           for name, spec in dumped["train_sets"].items()}
+    no_sweep = TableSpec.model_fields["options"].default
+    kept["tables"] = {number: {key: value for key, value in table.items() if (key, value) != ("options", no_sweep)}
+                      for number, table in dumped["tables"].items()}
     return kept
 
 

@@ -118,13 +118,45 @@ class RunRecord(Strict):
     finished: str | None = None
 
 
+OPTIONS_MARK = "opts"
+"""Starts the part of a variant slot that spells a run's swept options (``opts_<key>-<value>_...``)."""
+
+
+def option_values(config: TrainConfig) -> dict[str, str]:
+    """The run's swept options (``swept_options``), key -> its value as the run dir spells it, in the
+    options model's field order; empty for a run with the workflow's options."""
+    if not config.swept_options:
+        return {}
+    block = config.options[config.method]
+    return {key: _slot_text(getattr(block, key)) for key in type(block).model_fields if key in config.swept_options}
+
+
+def _slot_text(value: Any) -> str:
+    """An option value in a path: on/off, none, a number's shortest exact form (``1.0`` -> ``1``), so that
+    distinct values get distinct run dirs (λ's ``:g`` would merge close values of a sweep)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "none"
+    return repr(value).removesuffix(".0") if isinstance(value, float) else str(value)
+
+
 def run_slots(config: TrainConfig) -> dict[str, str]:
-    """The run-dir slot values of `config` (``-`` for a slot its method does not use)."""
+    """The run-dir slot values of `config` (``-`` for a slot its method does not use).
+
+    The variant slot spells the spurious-caption switches of a method that uses them and, after them,
+    the run's swept options (`option_values`); a run with neither holds ``-``.
+    """
     spec = method_spec(config.method)
     pretrained = Path(config.model.pretrained).stem if "/" in config.model.pretrained else config.model.pretrained
     spurious = config.spurious
-    variant = (f"suffix-{spurious.suffix}_mask-{'on' if spurious.mask else 'off'}_decay-{spurious.decay}"
-               if spec.uses_spurious else "-")
+    parts: list[str] = []
+    if spec.uses_spurious:
+        parts.append(f"suffix-{spurious.suffix}_mask-{'on' if spurious.mask else 'off'}_decay-{spurious.decay}")
+    swept = option_values(config)
+    if swept:
+        parts.append("_".join([OPTIONS_MARK, *(f"{key}-{value}" for key, value in swept.items())]))
+    variant = "_".join(parts) or "-"
     return {"arch": f"{config.model.name}-{pretrained}", "train_set": config.data.train_set, "method": config.method,
             "variant": variant, "bank_concept": f"{spurious.bank.stem}-{spurious.concept}" if uses_bank(config) else "-",
             "lam": f"lam{config.lam:g}" if spec.uses_lambda else "-", "seed": f"seed{config.seed}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -11,9 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from stages import plan
-from stages.config import ConfigError, validate_workflow_config, workflow_schema
+from stages.config import ConfigError, TrainConfig, validate_workflow_config, workflow_schema
+from stages.methods import _spec, method_names
+from stages.reports.tables import build_table, markdown
+from stages.rundir import OPTIONS_MARK, PATTERN, SLOTS, RunDir, run_slots
+from stages.strict import Strict
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -107,12 +113,128 @@ def test_lint_clean_but_for_rule_environments() -> None:
     (lambda c: c["banks"]["official-code"].__setitem__("path", "descriptor_banks/missing.json"), "banks.official-code"),
     (lambda c: c["tables"][2]["columns"][0].__setitem__("benchmark", "imagenet-z"), "tables.2.columns.0.benchmark"),
     (lambda c: c.__setitem__("learning_rate", 1.0), "learning_rate"),
+    # A table's options sweep: each entry's problem named down to the key, with the reason.
+    (lambda c: c["tables"][2].__setitem__("options", [{}, {"carot": {"distil": 1.0}}]),
+     "tables.2.options[1].carot.distil: Extra inputs are not permitted"),
+    (lambda c: c["tables"][2].__setitem__("options", [{"carot": {"distill": -1}}]),
+     "tables.2.options[0].carot.distill: Input should be greater than or equal to 0"),
+    (lambda c: c["tables"][2].__setitem__("options", [{"carot": {"ema_every": "often"}}]),
+     "tables.2.options[0].carot.ema_every: Input should be a valid integer"),
+    (lambda c: c["tables"][2].__setitem__("options", [{"magic": {"weight": 1}}]),
+     "tables.2.options[0].magic: not one of this table's methods"),
+    (lambda c: c["tables"][2].__setitem__("options", [{"starft": {"weight": 1}}]),
+     "tables.2.options[0].starft: not a method with options; those are ['carft', "),
+    (lambda c: c["tables"][10].__setitem__("options", [{"carot": {"distill": 1.0}}]),
+     "tables.10.options[0].carot: not one of this table's methods ['starft']"),
 ])
 def test_bad_config_names_the_key(edit, key: str) -> None:
     config = load("config.yaml")
     edit(config)
     with pytest.raises(ConfigError, match=re.escape(key)):
         plan.check_references(validate_workflow_config(config), generated_banks=True)
+
+
+def _options_sweep(config: dict, number: int, methods: list[str], options: list[dict]) -> dict:
+    """`config` with table `number` sweeping `options` over `methods`, its rows labelled by method and options."""
+    config = copy.deepcopy(config)
+    config["tables"][number].update(methods=methods, options=options, rows=["method", "options"])
+    return config
+
+
+def test_table_options_sweep_trains_each_value_in_its_own_run_dir() -> None:
+    base = load("config.yaml")
+    base["seeds"] = [0, 1]
+    swept = validate_workflow_config(_options_sweep(base, 2, ["zeroshot", "flyp", "carot"],
+                                                    [{"carot": {"distill": 0.5}}, {"carot": {"distill": 1.0}}]))
+    planned = plan.runs_by_dir(swept)  # run dir -> config: what the workflow maps a job's wildcards back to
+    carot = {str(RunDir.of(run, swept.results).path): run for run in plan.table_runs(swept, 2) if run.method == "carot"}
+    assert all(planned[path] == run for path, run in carot.items())
+    # 2 values x 2 seeds: 4 run dirs, each with its value in its config and its train.yaml.
+    variants = {(Path(path).parts[-4], run.seed): run.options["carot"].distill for path, run in carot.items()}
+    assert variants == {("opts_distill-0.5", 0): 0.5, ("opts_distill-0.5", 1): 0.5,
+                        ("opts_distill-1", 0): 1.0, ("opts_distill-1", 1): 1.0}
+    assert all(f"distill: {run.options['carot'].distill}" in plan.run_yaml(run) for run in carot.values())
+    # Rows: one per swept value; the methods the sweep does not name have one row with the workflow's options.
+    rows = {cell.row for cell in plan.table_cells(swept, 2)}
+    assert rows == {("zeroshot", "-"), ("flyp", "-"), ("carot", "distill=0.5"), ("carot", "distill=1")}
+    recorded = validate_workflow_config(yaml.safe_load(yaml.safe_dump(plan.report_config(swept))))
+    assert recorded.tables[2].options == swept.tables[2].options  # what the reports read back
+    text = markdown(build_table(swept, 2))  # no metrics yet: every value missing, the rows labelled
+    assert "| method | options |" in text and "| CaRot | distill=0.5 |" in text and "| CaRot | distill=1 |" in text
+
+    # Adding the sweep only adds run dirs: every run of the config without it is still planned, the same run.
+    unswept = plan.runs_by_dir(validate_workflow_config(base))
+    assert all(planned[path] == run for path, run in unswept.items())
+    assert all(OPTIONS_MARK in Path(path).parts[-4] for path in set(planned) - set(unswept))
+    # An entry that sets the workflow's own value is the unswept run, in the unswept run dir.
+    same = validate_workflow_config(_options_sweep(base, 2, ["carot"], [{}, {"carot": {"distill": 1.5}}]))
+    assert plan.runs_by_dir(same) == unswept
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+def test_configs_without_an_options_sweep_keep_their_run_dirs(name: str) -> None:
+    """No table of the shipped configs sweeps options: no run dir spells any, every one is the PATTERN of its
+    slots, and the runs whose options are the method's defaults are the runs they were before sweeps existed."""
+    config = validate_workflow_config(load(name), f"config/{name}")
+    runs = plan.runs_by_dir(config)
+    assert runs and all(run.swept_options == [] for run in runs.values())
+    for path, run in runs.items():
+        relative = Path(path).relative_to(config.results / "runs")
+        assert OPTIONS_MARK not in run_slots(run)["variant"].split("_"), path
+        assert len(relative.parts) == len(SLOTS) and str(relative) == PATTERN.format(**run_slots(run))
+        assert RunDir.at(config.results, dict(zip(SLOTS, relative.parts))).path == Path(path)
+        assert "swept_options" not in plan.run_yaml(run)  # train.yaml: the text it had
+    # workflow_config.yaml (what the report rules record) as well: no rebuilt report.
+    assert all("options" not in table for table in plan.report_config(config)["tables"].values())
+
+
+class ScaleOptions(Strict):
+    """The options of a method that exists in one test only (spurious captions and options: no shipped one has both)."""
+
+    scale: float = Field(1.0, ge=0)
+    frozen: bool = False
+
+
+def test_options_and_spurious_variants_share_the_variant_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method with spurious captions and an options block: its variant spells both, switches first."""
+    method_names()  # the registry discovered before one spec joins it for this test
+    monkeypatch.setitem(_spec._SPECS, "starft_scaled", _spec.MethodSpec(
+        name="starft_scaled", display="StarFT scaled", summary="test only", uses_spurious=True, options=ScaleOptions))
+    run = TrainConfig(method="starft_scaled", options={"starft_scaled": {"scale": 0.25, "frozen": True}},
+                      swept_options=["frozen", "scale"])
+    assert run_slots(run)["variant"] == "suffix-spurious_mask-on_decay-epoch_opts_scale-0.25_frozen-on"
+    unswept = run.model_copy(update={"swept_options": []})
+    assert run_slots(unswept)["variant"] == "suffix-spurious_mask-on_decay-epoch"
+    with pytest.raises(ValueError, match=re.escape("swept_options: ['scal'] are not options of starft_scaled")):
+        TrainConfig(method="starft_scaled", swept_options=["scal"])
+
+
+def test_options_sweep_dry_run_plans_one_train_job_per_value_and_seed(tmp_path: Path) -> None:
+    """tests/configs/demo-tiny.yaml with Table 2 sweeping CaRot's distill over two seeds: snakemake -n plans
+    4 CaRot train jobs in 4 run dirs (each train.yaml with its value) beside FLYP's 2; stages.plan plans them too."""
+    config = yaml.safe_load((REPO / "tests" / "configs" / "demo-tiny.yaml").read_text())
+    results = tmp_path / "results"
+    config.update(results=str(results), data_root=str(results / "demo/data"), seeds=[0, 1],
+                  archs={"TinyCLIP-demo": str(results / "demo/TinyCLIP-demo.pt")})
+    config["demo"]["weights"] = str(results / "demo/TinyCLIP-demo.pt")
+    del config["tables"][3]
+    config = _options_sweep(config, 2, ["zeroshot", "flyp", "carot"],
+                            [{"carot": {"distill": 0.5}}, {"carot": {"distill": 1.0}}])
+    path = tmp_path / "swept.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "-p", "--configfile", str(path), "--", f"{results}/table2.md")
+    assert result.returncode == 0, result.stdout
+    counts = job_counts(result.stdout)
+    assert (counts["train"], counts["run_config"], counts["evaluate"]) == (6, 6, 7)
+    trained = set(re.findall(r"output: \S+/fmnist-demo/(\S+)/best\.pt", result.stdout))
+    assert trained == {f"{method}/{variant}/-/-/seed{seed}" for seed in (0, 1)
+                       for method, variant in (("flyp", "-"), ("carot", "opts_distill-0.5"), ("carot", "opts_distill-1"))}
+    assert result.stdout.count("distill: 0.5") == result.stdout.count("distill: 1.0") == 3  # 2 train.yaml + report's
+
+    done = subprocess.run([sys.executable, "-m", "stages.plan", "--config", str(path)], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=120)
+    assert done.returncode == 0 and "7 runs (6 trained" in done.stdout, done.stdout
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from stages.config.run import (  # noqa: F401
     SpuriousConfig,
     OptimConfig,
     MethodOptions,
+    override_options,
     RunSettings,
     TrainConfig,
     EXECUTION_FIELDS,
@@ -65,4 +66,4 @@ from stages.config.figures import (  # noqa: F401
     check_figure,
 )
 
-__all__ = ['Accumulation', 'BankSpec', 'ColumnSpec', 'Concept', 'ConfigError', 'CsvOptions', 'DataConfig', 'DataSettings', 'Decay', 'DemoSettings', 'DescriptorsSettings', 'EXECUTION_FIELDS', 'FigureName', 'FigureSpec', 'Fraction', 'GradcamFigureSpec', 'GroupFigureSpec', 'ImageCheck', 'LossFigureSpec', 'METRIC_FORMATS', 'MethodName', 'MethodOptions', 'Metric', 'MetricFormat', 'ModelConfig', 'NonNegative', 'OptimConfig', 'Precision', 'ResourcesSpec', 'RowSlot', 'RuleResources', 'RunSettings', 'SaveDtype', 'Select', 'SpuriousConfig', 'Suffix', 'TableSpec', 'Tracker', 'TradeoffFigureSpec', 'TrainConfig', 'TrainSetSpec', 'VariantSpec', 'WebDatasetOptions', 'WorkflowConfig', 'check_figure', 'load_train_config', 'validate_workflow_config', 'validation_message', 'without_execution', 'workflow_schema']
+__all__ = ['Accumulation', 'BankSpec', 'ColumnSpec', 'Concept', 'ConfigError', 'CsvOptions', 'DataConfig', 'DataSettings', 'Decay', 'DemoSettings', 'DescriptorsSettings', 'EXECUTION_FIELDS', 'FigureName', 'FigureSpec', 'Fraction', 'GradcamFigureSpec', 'GroupFigureSpec', 'ImageCheck', 'LossFigureSpec', 'METRIC_FORMATS', 'MethodName', 'MethodOptions', 'Metric', 'MetricFormat', 'ModelConfig', 'NonNegative', 'OptimConfig', 'Precision', 'ResourcesSpec', 'RowSlot', 'RuleResources', 'RunSettings', 'SaveDtype', 'Select', 'SpuriousConfig', 'Suffix', 'TableSpec', 'Tracker', 'TradeoffFigureSpec', 'TrainConfig', 'TrainSetSpec', 'VariantSpec', 'WebDatasetOptions', 'WorkflowConfig', 'check_figure', 'load_train_config', 'override_options', 'validate_workflow_config', 'validation_message', 'without_execution', 'workflow_schema']

@@ -161,14 +161,26 @@ def _method_options(blocks: dict[str, Any]) -> dict[str, Strict]:
     unknown = sorted(set(blocks) - set(models))
     if unknown:
         raise ValueError(f"{unknown}: not methods with options; those are {sorted(models)}")
-    validated = {}
-    for name, model in models.items():
-        try:
-            validated[name] = model.model_validate(blocks.get(name) or {})
-        except ValidationError as error:  # name the block: options.<method>.<key>
-            raise ValueError("; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                       for e in error.errors())) from None
-    return validated
+    return {name: _options_block(name, blocks.get(name) or {}) for name in models}
+
+
+def _options_block(method: str, block: dict[str, Any], where: str = "") -> Strict:
+    """`method`'s options block validated by its options model; a bad key is a ValueError naming
+    ``<where><method>.<key>`` (the caller's prefix: ``tables.<N>.options[i].`` for a table's sweep)."""
+    try:
+        return option_models()[method].model_validate(block)
+    except ValidationError as error:
+        raise ValueError("; ".join(f"{where}{method}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                   for e in error.errors())) from None
+
+
+def override_options(options: dict[str, Strict], method: str, overrides: dict[str, Any],
+                     where: str = "") -> dict[str, Strict]:
+    """`options` (validated blocks, `MethodOptions`) with `method`'s block updated by `overrides` and validated
+    again (a table's ``options`` sweep on top of the workflow's block); errors name ``<where><method>.<key>``."""
+    if method not in options:
+        raise ValueError(f"{where}{method}: not a method with options; those are {sorted(options)}")
+    return {**options, method: _options_block(method, {**options[method].model_dump(), **overrides}, where)}
 
 
 # ``options.<method>``: each block is validated by that method's options model when a config is
@@ -224,11 +236,21 @@ class TrainConfig(RunSettings):
     options: MethodOptions = Field(default_factory=dict, validate_default=True)
     seed: int = 0
     select: Select = Field("last", description="final epoch (ImageNet) or best ID-validation epoch")
+    # Not dumped: train.yaml and run.json are what the run computes, and this names its directory only
+    # (a run without swept options keeps the text and the run dir it had before sweeps existed).
+    swept_options: list[str] = Field(
+        [], exclude=True, description="keys of options.<method> spelled in the run dir's variant slot "
+        "(stages.rundir.run_slots): the workflow sets those a table's options sweep moves off the workflow's block, "
+        "so each swept value trains in its own run dir")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.select == "val" and self.data.val_split is None:
             raise ValueError("select: val needs data.val_split (the ID validation split)")
+        known = type(self.options[self.method]).model_fields if self.method in self.options else {}
+        unknown = sorted(set(self.swept_options) - set(known))
+        if unknown:
+            raise ValueError(f"swept_options: {unknown} are not options of {self.method} ({sorted(known) or 'none'})")
         check = method_spec(self.method).check
         for message in check(self) if check is not None else ():
             warnings.warn(message, stacklevel=2)

@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from stages.config.figures import FigureName, FigureSpec, check_figure
 from stages.config.run import (Concept, DataSettings, MethodName, MethodOptions, ModelConfig, OptimConfig,
-                               RunSettings, Select, VariantSpec, validation_message)
+                               RunSettings, Select, VariantSpec, override_options, validation_message)
 from stages.errors import ConfigError
 from stages.strict import Strict
 
@@ -29,7 +29,7 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     **{metric: MetricFormat() for metric in get_args(Metric)},  # fractions in [0, 1], shown in percent (ECE too)
     "nll": MetricFormat(scale=1.0, decimals=3, unit="nats"),  # negative log-likelihood: shown as it is
 }
-RowSlot = Literal["arch", "train_set", "method", "variant", "bank", "concept", "lam", "ensemble"]
+RowSlot = Literal["arch", "train_set", "method", "variant", "options", "bank", "concept", "lam", "ensemble"]
 NonNegative = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
@@ -66,7 +66,8 @@ class TableSpec(Strict):
 
     Unset lists fall back to the workflow's defaults (the first arch, every seed, the first bank,
     each train set's λ). Variants, banks and concepts apply to the methods that use spurious
-    captions, lams to those that use λ (their specs); a method that does not train is evaluated once.
+    captions, lams to those that use λ (their specs), each options entry to the methods it names;
+    a method that does not train is evaluated once.
     """
 
     title: str
@@ -78,6 +79,10 @@ class TableSpec(Strict):
     banks: list[str] | None = None
     concepts: list[Concept] = Field(["background"], min_length=1)
     lams: list[NonNegative] | None = None
+    options: list[dict[str, dict[str, Any]]] = Field(
+        [{}], min_length=1, description="method-options sweep: each entry maps methods of this table to overrides "
+        "of their options block on top of the workflow's options (one run per entry for each method it names; a "
+        "method it does not name trains with the workflow's block)")
     seeds: list[int] | None = None
     alphas: list[Fraction] = Field([], description="WiSE-FT α grid; adds ensembled rows (best α on id_column)")
     id_column: str | None = Field(None, description="column whose value picks the WiSE-FT α")
@@ -210,6 +215,12 @@ class WorkflowConfig(RunSettings):
                 unknown = sorted(set(names or ()) - set(known))
                 if unknown:
                     raise ValueError(f"tables.{number}.{key}: {unknown} not defined; the config's {key}: {sorted(known)}")
+            for index, entry in enumerate(table.options):
+                where = f"tables.{number}.options[{index}]."
+                for method, overrides in entry.items():
+                    if method not in table.methods:
+                        raise ValueError(f"{where}{method}: not one of this table's methods {table.methods}")
+                    override_options(self.options, method, overrides, where)
         stems: dict[str, str] = {}
         for name, bank in self.banks.items():
             if stems.setdefault(bank.path.stem, name) != name:

@@ -30,7 +30,7 @@ from stages.methods import method_spec
 
 PAPER_DIR = Path(__file__).parent / "paper"
 SLOT_HEADERS = {
-    "arch": "arch", "train_set": "train set", "method": "method", "variant": "variant",
+    "arch": "arch", "train_set": "train set", "method": "method", "variant": "variant", "options": "options",
     "bank": "bank", "concept": "concept", "lam": "λ", "ensemble": "ensemble",
 }
 # Columns of the paper CSVs that identify a row (the others hold numbers).
