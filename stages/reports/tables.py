@@ -187,6 +187,8 @@ def paper_rows(number: int) -> list[dict[str, str]]:
 def paper_values(config: WorkflowConfig, number: int, cell: plan.Cell) -> dict[str, float]:
     """Column label -> the paper's number for the row of `cell` (empty when the paper has no such row)."""
     spec = config.tables[number]
+    if cell.run.swept_options:  # the paper ran each method with one setting of its options: not this row
+        return {}
     ours = paper_key(config, spec, cell.run, cell.alpha is not None)
     for row in paper_rows(number):
         keys = [key for key in PAPER_KEYS if key in row]
