@@ -52,8 +52,8 @@ def test_reference_step_equals_optimised_starft_step() -> None:
     config = tiny_config("starft", lam=0.7, spurious__decay="none")
 
     def context() -> MethodContext:
-        return MethodContext(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)), CLASSNAMES, config,
-                             total_steps=10)
+        return MethodContext.from_config(dataclasses.replace(bundle, model=copy.deepcopy(bundle.model)), CLASSNAMES,
+                                         config, total_steps=10)
 
     optimised, reference = StarFT(context()), ReferenceStarFT(context())
     for method in (optimised, reference):

@@ -46,7 +46,7 @@ def _step(config: TrainConfig, rank: int, world_size: int, accum: int = 1) -> tu
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
     source = fakes.colour_images("train", 8)
-    method = build_method(config.method, MethodContext(bundle, source.classnames, config, total_steps=4))
+    method = build_method(config.method, MethodContext.from_config(bundle, source.classnames, config, total_steps=4))
     move_student_off_teacher(method)  # else the Star and distillation terms sit at their ~0 minimum
     method.double()  # float64 so that only the gather itself, not rounding, could make a difference
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()

@@ -49,7 +49,7 @@ class L2SP(Method):
         image, text = gather_batch(*self.clip_features(batch["image"], batch["label"]))
         distance = sum(((p - p0) ** 2).sum() for p, p0 in zip(self.student.parameters(), self.start))
         return {"clip": self.clip_loss(image, text, self.student.logit_scale.exp()),
-                "l2sp": self.config.lam * self.options.scale * distance}
+                "l2sp": self.settings.lam * self.options.scale * distance}
 '''
 
 

@@ -34,7 +34,7 @@ def _method_and_batch(name: str, config: TrainConfig | None = None,
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
     source = fakes.colour_images("train", SAMPLES)
-    method = build_method(name, MethodContext(bundle, source.classnames, config, total_steps=4))
+    method = build_method(name, MethodContext.from_config(bundle, source.classnames, config, total_steps=4))
     move_student_off_teacher(method)  # else the Star and distillation terms sit at their ~0 minimum
     method.double()
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images]).double()
@@ -90,8 +90,8 @@ def test_auto_is_exact_for_coupled_methods_and_one_micro_batch_is_the_plain_step
     for name in method_names():
         if not method_spec(name).trains:
             continue
-        method = build_method(name, MethodContext(create_clip("TinyCLIP-test", None), ["a", "b"],
-                                                  tiny_config(name), total_steps=4))
+        method = build_method(name, MethodContext.from_config(create_clip("TinyCLIP-test", None), ["a", "b"],
+                                                              tiny_config(name), total_steps=4))
         config = tiny_config(name, optim__accum_steps=2)
         assert resolve_accumulation(config, method) == ("exact" if method_spec(name).couples_samples else "independent")
         assert resolve_accumulation(tiny_config(name, optim__accum="exact"), method) == "independent"  # 1 micro-batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from conftest import carot_loss_py_schedule, move_student_off_teacher, progress,
 from stages.data.source import load_image
 from stages.models import create_clip, encode_text_trimmed
 from stages.losses import ClipLoss, star_loss
-from stages.methods import MethodContext, build_method, method_names
+from stages.methods import MethodContext, MethodSettings, build_method, method_names
 from stages.methods.starft import StarFT
 
 
@@ -24,7 +25,7 @@ def make_method(name: str, **overrides: object):
     config = tiny_config(name, **{"lam": 0.7, "spurious__decay": "none", **overrides})
     bundle = create_clip("TinyCLIP-test", None)
     source = fakes.colour_images("train", 16)
-    method = build_method(name, MethodContext(bundle, source.classnames, config, total_steps=10))
+    method = build_method(name, MethodContext.from_config(bundle, source.classnames, config, total_steps=10))
     return method, source, bundle
 
 
@@ -94,6 +95,26 @@ def test_bf16_autocast_keeps_fp32_weights_losses_and_gradients_close_to_fp32(nam
     assert F.cosine_similarity(flat16, flat32, dim=0) > 0.99  # bf16 has 8 mantissa bits: close, not equal
 
 
+def test_a_method_gets_exactly_its_configs_settings_and_no_config() -> None:
+    """`MethodContext.from_config` is the one bridge from a TrainConfig: a method holds these settings, its own
+    options block (a context built for another method's is refused), and never the whole config."""
+    config = tiny_config("carot", lam=0.3, optim__weight_decay=0.2, data__caption_template="an image of a {c}.",
+                         spurious__decay="step", options__carot__distill=2.5)
+    bundle = create_clip("TinyCLIP-test", None)
+    method = build_method("carot", MethodContext.from_config(bundle, ["cat", "dog"], config, total_steps=10))
+    assert method.settings == MethodSettings(
+        caption_template="an image of a {c}.", head_templates=tuple(config.data.head_templates), weight_decay=0.2,
+        lam=0.3, spurious=config.spurious, options=config.options["carot"])
+    assert method.options is config.options["carot"] and method.options.distill == 2.5
+    assert method.optimizer_weight_decay() == 0.2
+    assert torch.equal(method.caption_tokens, bundle.tokenizer(["an image of a cat.", "an image of a dog."]))
+    assert not hasattr(method, "config")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        method.settings.lam = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="carot: the context's options are NoneType, not CarotOptions"):
+        build_method("carot", MethodContext.from_config(bundle, ["cat", "dog"], config, 10, method="flyp"))
+
+
 def test_carot_ema_moves_teacher_towards_student() -> None:
     method, source, bundle = make_method("carot", options__carot__ema_every=1)
     optimizer = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2)
@@ -103,7 +124,7 @@ def test_carot_ema_moves_teacher_towards_student() -> None:
     optimizer.step()
     method.after_optimizer_step(1)
     momentum = method.ema_momentum_after(1)
-    assert momentum == method.momentum(0) == method.config.options["carot"].momentum_start
+    assert momentum == method.momentum(0) == method.options.momentum_start
     for (key, teacher_value), student_value in zip(method.teacher.named_parameters(), method.student.parameters()):
         expected = momentum * teacher_before[key] + (1 - momentum) * student_value.detach()
         torch.testing.assert_close(teacher_value, expected)
@@ -232,7 +253,7 @@ def test_carot_ema_schedule_is_carot_loss_py(num_batches: int, epochs: int) -> N
     config = tiny_config("carot", options__carot__ema_every=every)
     bundle = create_clip("TinyCLIP-test", None)
     source = fakes.colour_images("train", 16)
-    method = build_method("carot", MethodContext(bundle, source.classnames, config, total_steps=total))
+    method = build_method("carot", MethodContext.from_config(bundle, source.classnames, config, total_steps=total))
     options = config.options
     expected, distilled = carot_loss_py_schedule(num_batches, epochs, every, options["carot"].momentum_start,
                                                  options["carot"].momentum_end, options["carot"].momentum_warmup)

@@ -26,7 +26,7 @@ def _method_and_batch(name: str) -> tuple[Method, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     bundle = create_clip("TinyCLIP-test", None)
     source = fakes.colour_images("train", 8)
-    method = build_method(name, MethodContext(bundle, source.classnames, tiny_config(name), 4))
+    method = build_method(name, MethodContext.from_config(bundle, source.classnames, tiny_config(name), 4))
     move_student_off_teacher(method)
     images = torch.stack([bundle.preprocess_val(load_image(image)) for image in source.images])
     return method, {"image": images, "label": torch.tensor(source.labels), "descriptor_index": torch.arange(8) % 3}

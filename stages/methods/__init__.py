@@ -34,7 +34,7 @@ from stages.methods._spec import (
 
 # The torch side (the base class and what the loop hands a method) loads on first use: importing the
 # registry's spec API (the config schema, every CLI's --help) must not import torch.
-_TORCH_SIDE = {"Method": "_base", "MethodContext": "_base", "Progress": "_base"}
+_TORCH_SIDE = {"Method": "_base", "MethodContext": "_base", "MethodSettings": "_base", "Progress": "_base"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,5 +43,5 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{_TORCH_SIDE[name]}"), name)
 
 
-__all__ = ["Method", "MethodContext", "MethodSpec", "Progress", "build_method", "method_class", "method_names",
-           "method_spec", "option_models", "register_method"]
+__all__ = ["Method", "MethodContext", "MethodSettings", "MethodSpec", "Progress", "build_method", "method_class",
+           "method_names", "method_spec", "option_models", "register_method"]

@@ -26,9 +26,10 @@ from stages.models.classifier import build_zeroshot_weights
 from stages.models.text import encode_text_trimmed, trim_tokens
 from stages.methods._spec import MethodSpec
 from stages.collectives import gather_batch
+from stages.strict import Strict
 
 if TYPE_CHECKING:
-    from stages.config import TrainConfig
+    from stages.config import SpuriousConfig, TrainConfig
     from stages.models.factory import ClipBundle
 
 
@@ -42,14 +43,59 @@ class Progress:
     epochs: int
 
 
-@dataclass
+@dataclass(frozen=True)
+class MethodSettings:
+    """The settings of a run that a method reads, and nothing else of its ``TrainConfig``.
+
+    A method sees only these, so what a method depends on is listed here, and a config field a
+    method does not read can change without touching any method. Built by `MethodContext.from_config`.
+
+    - ``caption_template``: ``data.caption_template``, the class caption of the contrastive terms and
+      of the ID-validation head (``{c}`` = the class name).
+    - ``head_templates``: ``data.head_templates``, the contexts of the head methods' zero-shot
+      initialisation and of CAR-FT's context distributions (None: not set).
+    - ``weight_decay``: ``optim.weight_decay``, AdamW's decay unless the method overrides it.
+    - ``lam``: the top-level ``lam`` (λ), for a method whose spec ``uses_lambda``.
+    - ``spurious``: the ``spurious`` settings (suffix, bank, concept, mask, decay), for a method whose
+      spec ``uses_spurious``.
+    - ``options``: this method's ``options.<name>`` block, validated by its options model (None for a
+      method without options).
+    """
+
+    caption_template: str
+    head_templates: tuple[str, ...] | None
+    weight_decay: float
+    lam: float
+    spurious: SpuriousConfig
+    options: Strict | None
+
+
+@dataclass(frozen=True)
 class MethodContext:
-    """Everything a method needs to set itself up."""
+    """Everything a method needs to set itself up: the student, the class names, its settings, the run's length."""
 
     bundle: ClipBundle
     classnames: list[str]
-    config: TrainConfig
+    settings: MethodSettings
     total_steps: int
+
+    @classmethod
+    def from_config(cls, bundle: ClipBundle, classnames: list[str], config: TrainConfig, total_steps: int,
+                    method: str | None = None) -> MethodContext:
+        """The context of the method registered as `method` (default ``config.method``) in a run of `config`.
+
+        The one place that reads a ``TrainConfig`` for a method. `method` names whose options block
+        the method gets: the benchmark builds several methods from one config.
+        """
+        name = config.method if method is None else method
+        data = config.data
+        settings = MethodSettings(
+            caption_template=data.caption_template,
+            head_templates=None if data.head_templates is None else tuple(data.head_templates),
+            weight_decay=config.optim.weight_decay, lam=config.lam, spurious=config.spurious,
+            options=config.options.get(name),
+        )
+        return cls(bundle, classnames, settings, total_steps)
 
 
 @dataclass
@@ -89,10 +135,16 @@ class Method(nn.Module):
         self.student = context.bundle.model
         self.tokenizer = context.bundle.tokenizer
         self.classnames = list(context.classnames)
-        self.config = context.config
+        self.settings = context.settings
+        expected = self.spec.options
+        if not (self.settings.options is None if expected is None else isinstance(self.settings.options, expected)):
+            # A context built for another method (its options block, or none) would run with the wrong coefficients.
+            raise ValueError(f"{self.spec.name}: the context's options are {type(self.settings.options).__name__}, "
+                             f"not {'None' if expected is None else expected.__name__}; build the context with "
+                             f"MethodContext.from_config(..., method={self.spec.name!r})")
         # This method's `options.<name>` block (None for a method without options).
-        self.options = context.config.options.get(self.spec.name)
-        captions = [context.config.data.caption_template.format(c=name) for name in self.classnames]
+        self.options = self.settings.options
+        captions = [self.settings.caption_template.format(c=name) for name in self.classnames]
         self.register_buffer("caption_tokens", self.tokenizer(captions).to(module_device(self.student)),
                              persistent=False)
         # The longest caption's length, read once: trimming each batch to its own longest would
@@ -169,7 +221,7 @@ class Method(nn.Module):
 
     def optimizer_weight_decay(self) -> float:
         """AdamW's weight decay for this method (the train set's ``optim.weight_decay`` unless it overrides)."""
-        return self.config.optim.weight_decay
+        return self.settings.weight_decay
 
     def head_state(self) -> dict[str, Any] | None:
         """The trained classification head to checkpoint, or None for contrastive methods."""
@@ -188,7 +240,7 @@ class Method(nn.Module):
     @torch.no_grad()
     def class_head(self) -> Tensor:
         """[classes, d] classifier for ID validation (built once per pass): zero-shot head of the current text tower."""
-        return build_zeroshot_weights(self.student, self.tokenizer, self.classnames, [self.config.data.caption_template])
+        return build_zeroshot_weights(self.student, self.tokenizer, self.classnames, [self.settings.caption_template])
 
     @torch.no_grad()
     def class_logits(self, images: Tensor, head: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ class HeadMethod(Method):
         super().__init__(context)
         for name, parameter in self.student.named_parameters():
             parameter.requires_grad_(name.startswith("visual."))
-        templates = context.config.data.head_templates or [context.config.data.caption_template]
+        templates = self.settings.head_templates or [self.settings.caption_template]
         # Built under no_grad (not inference_mode): the head is trained from these weights.
         zeroshot = build_zeroshot_weights(self.student, self.tokenizer, self.classnames, templates)
         self.zeroshot_scale = float(self.student.logit_scale.exp())

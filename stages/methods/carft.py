@@ -29,7 +29,7 @@ class CarFT(RegularisedHeadMethod):
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
-        templates = context.config.data.head_templates or []
+        templates = self.settings.head_templates or ()
         if len(templates) < 2:
             raise ValueError(
                 "carft needs data.head_templates with at least 2 context templates "

@@ -43,7 +43,7 @@ class LipsumFT(RegularisedHeadMethod):
 
     def optimizer_weight_decay(self) -> float:
         decay = self.options.weight_decay
-        return self.config.optim.weight_decay if decay is None else decay
+        return self.settings.weight_decay if decay is None else decay
 
     def _random_texts(self, device: torch.device) -> Tensor:
         ids = torch.randint(0, self.sot_id, (self.options.texts, self.options.tokens), device=device)

@@ -59,7 +59,7 @@ class StarFT(Method):
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
-        spurious = context.config.spurious
+        spurious = self.settings.spurious
         self.suffix = spurious.suffix
         self.bank_sha256: str | None = None
         self.descriptors = ["{}."]
@@ -70,7 +70,7 @@ class StarFT(Method):
         self.teacher = frozen_copy(self.student)
         self.zeroshot_scale = float(self.teacher.logit_scale.exp())
         device = module_device(self.student)
-        base_captions = [context.config.data.caption_template.format(c=name).rstrip(".") for name in self.classnames]
+        base_captions = [self.settings.caption_template.format(c=name).rstrip(".") for name in self.classnames]
         if self.suffix == "random":
             self._prepare_random_suffix(base_captions)
             return
@@ -83,7 +83,7 @@ class StarFT(Method):
 
     def lam(self, progress: Progress) -> float:
         """λ_e of the step `progress` is about to take."""
-        return lambda_at(self.config.lam, self.config.spurious.decay, progress)
+        return lambda_at(self.settings.lam, self.settings.spurious.decay, progress)
 
     def log_values(self, progress: Progress) -> dict[str, float]:
         return {"lam": self.lam(progress)}

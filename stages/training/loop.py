@@ -243,7 +243,8 @@ def setup(config: TrainConfig, run_dir: RunDir) -> Training:
         steps_per_epoch = min(steps_per_epoch, optim.max_steps_per_epoch)
     total_steps = steps_per_epoch * optim.epochs
 
-    method = build_method(config.method, MethodContext(bundle, train_source.classnames, config, total_steps)).to(device)
+    context = MethodContext.from_config(bundle, train_source.classnames, config, total_steps)
+    method = build_method(config.method, context).to(device)
     if config.grad_checkpointing:
         method.student.set_grad_checkpointing(True)  # open_clip: both towers recompute activations in backward
     if config.compile:

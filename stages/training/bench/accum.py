@@ -67,7 +67,8 @@ def measure_setting(args: argparse.Namespace, accum_steps: int, mode: str) -> di
     })
     torch.manual_seed(args.seed)
     bundle = create_clip(args.arch, args.pretrained, device=device)
-    context = MethodContext(bundle, bench_classnames(args.classes), config, total_steps=args.warmup + args.steps)
+    context = MethodContext.from_config(bundle, bench_classnames(args.classes), config,
+                                         total_steps=args.warmup + args.steps)
     method = build_method(method_name, context).to(device)
     method.train()
     parts = Optimisation.build(method, config, context.total_steps, device, DistInfo())

@@ -22,7 +22,7 @@ class ReferenceStarFT(StarFT):
     """
 
     def __init__(self, context: MethodContext) -> None:
-        if context.config.spurious.suffix != "spurious":
+        if context.settings.spurious.suffix != "spurious":
             raise ValueError(f"{REFERENCE} supports spurious.suffix 'spurious' only")
         super().__init__(context)
         del self.teacher_text  # the reference keeps no cache: it re-encodes the teacher's text each step

@@ -23,7 +23,6 @@ from stages.models.factory import create_clip
 from stages.training.bench.flops import counting_flops, peak_flops
 from stages.training.bench.reference import REFERENCE
 from stages.training.bench.timing import autocast_for, build_candidate, measure_eval, state_bytes, step_peak_bytes, timed
-from stages.methods import MethodContext
 
 METHODS = ("ft", "flyp", "starft", REFERENCE)
 DEFAULT_BANK = Path("descriptor_banks/official-code.json")
@@ -83,9 +82,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     candidates = []
     for name, model in zip(args.methods, models):
         print(f"[bench] building {name}", file=sys.stderr)
-        context = MethodContext(dataclasses.replace(bundle, model=model), classnames, config,
-                                total_steps=args.warmup + args.steps)
-        candidates.append(build_candidate(name, context, device))
+        candidates.append(build_candidate(name, dataclasses.replace(bundle, model=model), classnames, config,
+                                          args.warmup + args.steps, device))
 
     generator = torch.Generator().manual_seed(args.seed)
     image_size = bundle.image_size

@@ -7,15 +7,19 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from stages.methods import Method, MethodContext, Progress, build_method
+from stages.methods import Method, MethodContext, Progress, method_class
 from stages.training.bench.reference import REFERENCE, ReferenceStarFT
 from stages.training.distributed import DistInfo
 from stages.training.loop import Optimisation, optimizer_step
+
+if TYPE_CHECKING:
+    from stages.config import TrainConfig
+    from stages.models.factory import ClipBundle
 
 Autocast = Callable[[], AbstractContextManager[Any]]
 
@@ -34,16 +38,20 @@ class Candidate:
     flops_per_step: int = 0
 
 
-def build_candidate(name: str, context: MethodContext, device: torch.device) -> Candidate:
-    """Method `name` (a registered one, or ``starft-reference``) with the loop's optimisation
-    (`Optimisation.build`: AdamW, schedule, autocast of ``config.precision``), and its step: the
-    loop's own `optimizer_step` on one micro-batch. The one place that knows how the benchmark
-    builds a method and runs a step."""
-    method = (ReferenceStarFT(context) if name == REFERENCE else build_method(name, context)).to(device)
+def build_candidate(name: str, bundle: ClipBundle, classnames: list[str], config: TrainConfig, total_steps: int,
+                    device: torch.device) -> Candidate:
+    """Method `name` (a registered one, or ``starft-reference``) on `bundle`'s model with the loop's
+    optimisation (`Optimisation.build`: AdamW, schedule, autocast of ``config.precision``), and its
+    step: the loop's own `optimizer_step` on one micro-batch. The one place that knows how the
+    benchmark builds a method and runs a step. The benchmark builds every method from one
+    `config`: each gets its own options block, not that of ``config.method``."""
+    cls = ReferenceStarFT if name == REFERENCE else method_class(name)
+    context = MethodContext.from_config(bundle, classnames, config, total_steps, method=cls.spec.name)
+    method = cls(context).to(device)
     method.train()
-    parts = Optimisation.build(method, context.config, context.total_steps, device, DistInfo())
+    parts = Optimisation.build(method, config, total_steps, device, DistInfo())
     # A steady-state step (CaRot distils from its second step on); λ is the config's (decay: none).
-    progress = Progress(step=1, epoch=0, total_steps=context.total_steps, epochs=context.config.optim.epochs)
+    progress = Progress(step=1, epoch=0, total_steps=total_steps, epochs=config.optim.epochs)
 
     def step(batch: dict[str, Tensor]) -> None:
         optimizer_step(parts, [batch], progress)
