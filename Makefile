@@ -40,7 +40,7 @@ $(VENV)/.llm-extras: $(VENV)/.installed
 # method x 3 seeds, the Table 2/3/4/10 analogues, table 30 and table 31 (calibration). Offline on CPU; a rerun is a no-op.
 demo: venv demo-data
 	$(PY) -m snakemake --cores 2 --quiet rules
-	@echo "Demo tables: results/table{2,3,4,10,30,31}.md (CSV beside them), figures: results/figure_*.png"
+	@echo "Demo tables: results/table{2,3,4,10,30,31}.md (CSV beside them), figures: results/figure_*.png, claims with bootstrap intervals: results/claims.md"
 
 # Debian packages a target needs, installed with apt-get when missing and we are root. Never fails:
 # $(call apt_install,TARGET,TEST THAT THEY ARE PRESENT,PACKAGES,WHAT HAPPENS WITHOUT THEM)

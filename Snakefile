@@ -90,6 +90,7 @@ rule all:
         [f"{RESULTS}/table{number}.md" for number in WF.tables],
         [f"{RESULTS}/figure_{name}.png" for name in WF.figures],
         f"{RESULTS}/all_results.csv",
+        [f"{RESULTS}/claims.md"] if WF.claims is not None else [],
     default_target: True
 
 

@@ -110,7 +110,7 @@ def main() -> None:
             out = {}
             for bench, metrics in (("demo-heldout-group", ("worst_group", "mean_group", "swap_rate")),
                                    ("demo-heldout", ("top1",)), ("demo-id", ("top1",))):
-                payload = evaluate(bench, root, loaded, batch_size=500)
+                payload = evaluate(bench, root, loaded, batch_size=500).payload
                 for metric in metrics:
                     out[f"{bench}:{metric}"] = round(100 * payload["metrics"][metric], 2)
             return out

@@ -3,7 +3,8 @@
 Owned by stages/rundir.py (which re-exports it): with `RunDir`, the only code that knows a run's
 file names. A request prints as ``imagenet`` or ``imagenet@alpha0.5`` (α with ``:g``), parses back
 from that text, and knows its metrics file: ``<eval dir>/<request>.json``, the eval dir of a run
-being ``<run dir>/eval`` (`RunDir.eval_dir`). The layout is docs/evaluation.md's and
+being ``<run dir>/eval`` (`RunDir.eval_dir`), and the per-item outcomes beside it:
+``<eval dir>/<request>.items.npz`` (`items_path`; stages/evaluation/items.py reads and writes it). The layout is docs/evaluation.md's and
 docs/workflow.md's. Torch-free, so that the Snakefile and the plan import it for free.
 """
 
@@ -24,6 +25,8 @@ HEADS = "heads"
 """Cached zero-shot heads, in the eval dir."""
 SUFFIX = ".json"
 """A metrics file is ``<request><SUFFIX>``."""
+ITEMS_SUFFIX = ".items.npz"
+"""The per-item outcomes behind a metrics file ``<request>.json`` are ``<request><ITEMS_SUFFIX>`` beside it."""
 ALPHA = "@alpha"
 """Between a request's benchmark and its WiSE-FT α."""
 
@@ -77,6 +80,10 @@ class EvalRequest:
         """The metrics file of this request in `eval_dir` (a run's: ``RunDir.metrics(request)``)."""
         return Path(eval_dir) / self.filename
 
+    def items_path(self, eval_dir: Path) -> Path:
+        """The per-item outcomes of this request in `eval_dir` (a run's: ``RunDir.items(request)``)."""
+        return items_path(self.path(eval_dir))
+
     @classmethod
     def of_file(cls, path: Path) -> EvalRequest | None:
         """The request whose metrics file `path` is (None for the index and for any other file)."""
@@ -93,6 +100,12 @@ class EvalRequest:
         return str(self)
 
 
+def items_path(metrics: Path) -> Path:
+    """The per-item outcomes file beside the metrics file `metrics` (``m.json`` -> ``m.items.npz``)."""
+    metrics = Path(metrics)
+    return metrics.with_name(metrics.stem + ITEMS_SUFFIX)
+
+
 def index_path(eval_dir: Path) -> Path:
     """The evaluation index in `eval_dir`."""
     return Path(eval_dir) / INDEX
@@ -103,4 +116,5 @@ def heads_path(eval_dir: Path) -> Path:
     return Path(eval_dir) / HEADS
 
 
-__all__ = ["ALPHA", "EVAL_DIR", "EvalRequest", "HEADS", "INDEX", "RequestError", "heads_path", "index_path"]
+__all__ = ["ALPHA", "EVAL_DIR", "EvalRequest", "HEADS", "INDEX", "ITEMS_SUFFIX", "RequestError", "heads_path", "index_path",
+           "items_path"]

@@ -24,6 +24,7 @@ import yaml
 
 from stages.config import (
     EXECUTION_FIELDS,
+    ClaimSpec,
     ColumnSpec,
     ConfigError,
     DataConfig,
@@ -226,6 +227,36 @@ def table_indexes(config: WorkflowConfig, number: int) -> list[Path]:
     return sorted({run_dir.eval_index for run_dir, _ in table_requests(config, number)})
 
 
+def claim_columns(config: WorkflowConfig, claim: ClaimSpec) -> list[ColumnSpec]:
+    """The columns of the claim's table it compares: its column, or each part of its average."""
+    table = config.tables[claim.table]
+    by_label = {column.label: column for column in table.columns}
+    return [by_label[label] for label in table.averages.get(claim.column, [claim.column])]
+
+
+def claim_cells(config: WorkflowConfig, claim: ClaimSpec, method: str) -> dict[int, Cell]:
+    """Seed -> the cell of `method` in the claim's table that fills the claim's columns (one run per seed:
+    a table of several archs or train sets for one method row is refused)."""
+    columns = claim_columns(config, claim)
+    cells: dict[int, Cell] = {}
+    for cell in table_cells(config, claim.table):
+        if cell.run.method != method or cell.alpha is not None or not all(fills(column, cell) for column in columns):
+            continue
+        if cell.seed in cells:
+            raise ConfigError(f"claims: table {claim.table} has several runs of {method} at seed {cell.seed} "
+                              f"({cells[cell.seed].run_dir(config.results).name}, {cell.run_dir(config.results).name}); "
+                              "a claim compares one run per method and seed")
+        cells[cell.seed] = cell
+    return cells
+
+
+def claim_indexes(config: WorkflowConfig) -> list[Path]:
+    """The evaluation indexes of every run the config's claims compare (what the claims rule waits for)."""
+    claims = config.claims.rows if config.claims is not None else []
+    return sorted({cell.run_dir(config.results).eval_index for claim in claims
+                   for method in (claim.method, claim.baseline) for cell in claim_cells(config, claim, method).values()})
+
+
 def eval_requests(config: WorkflowConfig) -> dict[str, list[str]]:
     """Run dir -> every request (``<benchmark>[@alpha<α>]``) any table reads of it, sorted: one job evaluates them all."""
     requests: dict[str, set[str]] = {}
@@ -274,6 +305,8 @@ def report_config(config: WorkflowConfig) -> dict[str, Any]:
     no_sweep = TableSpec.model_fields["options"].default
     kept["tables"] = {number: {key: value for key, value in table.items() if (key, value) != ("options", no_sweep)}
                       for number, table in dumped["tables"].items()}
+    if kept.get("claims") is None:  # a config without claims records the text it recorded before claims existed
+        kept.pop("claims", None)
     return kept
 
 

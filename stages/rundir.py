@@ -16,6 +16,7 @@ export, plan, reports and the workflow's rules use it::
         best.pt               the result's weights, written last: its presence means the run is finished
         .writer.lock          held by the one process training the run (host, pid; .writer.json adds the job id)
         eval/<benchmark>[@alpha<α>].json   one metrics file per `EvalRequest` (``RunDir.metrics(request)``)
+        eval/<benchmark>[@alpha<α>].items.npz   its per-item outcomes (``RunDir.items(request)``; bootstrap intervals)
         eval/index.json, eval/heads/       the evaluation job's index (its declared output), cached heads
 
 ``best.pt`` and ``ckpt/last.pt`` hold (``torch.load(weights_only=True)`` reads both)::
@@ -51,7 +52,8 @@ from pydantic import ValidationError
 
 from stages.config import ConfigError, ModelConfig, TrainConfig, validation_message
 from stages.errors import PipelineError, read_json
-from stages.evalrequest import ALPHA, EVAL_DIR, INDEX, EvalRequest, RequestError, heads_path, index_path  # noqa: F401  (re-exported)
+from stages.evalrequest import (  # noqa: F401  (re-exported)
+    ALPHA, EVAL_DIR, INDEX, ITEMS_SUFFIX, EvalRequest, RequestError, heads_path, index_path, items_path)
 from stages.io import LEASE_SECONDS, atomic_torch_save, atomic_write_json, lease_lock, lock_holder
 from stages.methods import method_spec
 from stages.strict import Strict
@@ -281,6 +283,10 @@ class RunDir:
     def metrics(self, request: EvalRequest | str) -> Path:
         """The metrics JSON of one evaluation request (an `EvalRequest`, or its text ``<benchmark>[@alpha<α>]``)."""
         return EvalRequest.coerce(request).path(self.eval_dir)
+
+    def items(self, request: EvalRequest | str) -> Path:
+        """The per-item outcomes (predictions, labels, groups) behind the metrics JSON of `request`."""
+        return EvalRequest.coerce(request).items_path(self.eval_dir)
 
     def metrics_files(self) -> dict[EvalRequest, Path]:
         """The metrics files in the run's eval dir, by request (the index and other files aside), sorted."""

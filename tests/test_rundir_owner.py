@@ -20,7 +20,7 @@ from stages.rundir import EvalRequest, RunDir
 REPO = Path(__file__).resolve().parents[1]
 OWNERS = {"stages/rundir.py", "stages/evalrequest.py"}
 LITERALS = re.compile(r"\bbest\.pt\b|\blast\.pt\b|\bprev\.pt\b|best_val\.pt|\bckpt\b|(^|[/\"'])eval/|\bindex\.json\b"
-                      r"|@alpha|\brun\.json\b|train_log\.jsonl|\btrain\.yaml\b|wandb_id\.txt")
+                      r"|@alpha|\brun\.json\b|train_log\.jsonl|\btrain\.yaml\b|wandb_id\.txt|\.items\.npz")
 FOLDERS = {"eval", "ckpt", "heads", "tb", "runs"}
 """Folder names of a run that are flagged as a whole literal beside a ``/`` (``run_dir / "eval"``)."""
 
@@ -90,6 +90,8 @@ def test_eval_request_round_trips_and_knows_its_file(tmp_path: Path, text: str, 
     run = RunDir(tmp_path)
     assert run.metrics(request) == run.metrics(text) == tmp_path / "eval" / f"{text}.json"
     assert EvalRequest.of_file(run.metrics(request)) == request and EvalRequest.of_file(run.eval_index) is None
+    assert run.items(request) == run.items(text) == tmp_path / "eval" / f"{text}.items.npz"
+    assert EvalRequest.of_file(run.items(request)) is None  # not a metrics file: the plan and reports skip it
 
 
 @pytest.mark.parametrize("text", ["imagenet@alpha", "imagenet@beta0.5", "imagenet@alphax", "@alpha0.5"])

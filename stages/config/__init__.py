@@ -48,6 +48,10 @@ from stages.config.workflow import (  # noqa: F401
     BankSpec,
     ColumnSpec,
     TableSpec,
+    IntervalMetric,
+    ClaimSpec,
+    ClaimsSpec,
+    check_claims,
     DescriptorsSettings,
     RuleResources,
     ResourcesSpec,
@@ -66,4 +70,4 @@ from stages.config.figures import (  # noqa: F401
     check_figure,
 )
 
-__all__ = ['Accumulation', 'BankSpec', 'ColumnSpec', 'Concept', 'ConfigError', 'CsvOptions', 'DataConfig', 'DataSettings', 'Decay', 'DemoSettings', 'DescriptorsSettings', 'EXECUTION_FIELDS', 'FigureName', 'FigureSpec', 'Fraction', 'GradcamFigureSpec', 'GroupFigureSpec', 'ImageCheck', 'LossFigureSpec', 'METRIC_FORMATS', 'MethodName', 'MethodOptions', 'Metric', 'MetricFormat', 'ModelConfig', 'NonNegative', 'OptimConfig', 'Precision', 'ResourcesSpec', 'RowSlot', 'RuleResources', 'RunSettings', 'SaveDtype', 'Select', 'SpuriousConfig', 'Suffix', 'TableSpec', 'Tracker', 'TradeoffFigureSpec', 'TrainConfig', 'TrainSetSpec', 'VariantSpec', 'WebDatasetOptions', 'WorkflowConfig', 'check_figure', 'load_train_config', 'override_options', 'validate_workflow_config', 'validation_message', 'without_execution', 'workflow_schema']
+__all__ = ['Accumulation', 'BankSpec', 'ClaimSpec', 'ClaimsSpec', 'ColumnSpec', 'Concept', 'ConfigError', 'CsvOptions', 'DataConfig', 'DataSettings', 'Decay', 'DemoSettings', 'DescriptorsSettings', 'EXECUTION_FIELDS', 'FigureName', 'FigureSpec', 'Fraction', 'GradcamFigureSpec', 'GroupFigureSpec', 'ImageCheck', 'IntervalMetric', 'LossFigureSpec', 'METRIC_FORMATS', 'MethodName', 'MethodOptions', 'Metric', 'MetricFormat', 'ModelConfig', 'NonNegative', 'OptimConfig', 'Precision', 'ResourcesSpec', 'RowSlot', 'RuleResources', 'RunSettings', 'SaveDtype', 'Select', 'SpuriousConfig', 'Suffix', 'TableSpec', 'Tracker', 'TradeoffFigureSpec', 'TrainConfig', 'TrainSetSpec', 'VariantSpec', 'WebDatasetOptions', 'WorkflowConfig', 'check_claims', 'check_figure', 'load_train_config', 'override_options', 'validate_workflow_config', 'validation_message', 'without_execution', 'workflow_schema']

@@ -115,6 +115,61 @@ class TableSpec(Strict):
         return self
 
 
+IntervalMetric = Literal["top1", "worst_group", "mean_group", "swap_rate"]
+"""The metrics a paired bootstrap recomputes from per-item outcomes (stages/reports/intervals.py); the others
+need what an items file does not hold (training-split group counts, homes, confidences)."""
+
+
+class ClaimSpec(Strict):
+    """One claim of the paper, checked as a paired bootstrap interval of ``method`` − ``baseline`` on a table column."""
+
+    claim: str = Field(description="the claim in words, as the report prints it")
+    table: int = Field(description="the table whose runs and column are compared (its rows: method)")
+    column: str = Field(description="a column label of that table, or one of its averages (its parts' differences "
+                        "are averaged per bootstrap replicate)")
+    method: MethodName = Field(description="the method the paper claims the direction for (A)")
+    baseline: MethodName = Field(description="the method it is compared with (B)")
+    direction: Literal[1, -1] = Field(1, description="the paper's direction: 1 if it claims method > baseline on "
+                                      "the column's metric, -1 if method < baseline (a lower-is-better metric)")
+
+
+class ClaimsSpec(Strict):
+    """The claims report (results/claims.{md,csv}): per claim the mean paired difference, a 95 % percentile
+    bootstrap interval over seeds and test items, and the verdict (stages/reports/intervals.py)."""
+
+    title: str
+    replicates: int = Field(2000, ge=1, description="bootstrap replicates per claim")
+    seed: int = Field(0, description="seed of the bootstrap's random generator (the report is deterministic)")
+    rows: list[ClaimSpec] = Field(min_length=1)
+
+
+def check_claims(claims: ClaimsSpec, tables: dict[int, TableSpec]) -> None:
+    """Each claim names a table with one row per method (no WiSE-FT rows), one of its columns or averages whose
+    metrics a bootstrap can recompute, and two distinct methods of that table."""
+    for index, claim in enumerate(claims.rows):
+        where = f"claims.rows[{index}]"
+        table = tables.get(claim.table)
+        if table is None:
+            raise ValueError(f"{where}.table: no table {claim.table}; tables: {sorted(tables)}")
+        if table.rows != ["method"] or table.alphas:
+            raise ValueError(f"{where}.table: table {claim.table} must have rows [method] and no alphas (one run "
+                             "per method and seed to compare)")
+        metrics = {column.label: column.metric for column in table.columns}
+        parts = table.averages.get(claim.column, [claim.column] if claim.column in metrics else [])
+        if not parts:
+            raise ValueError(f"{where}.column: {claim.column!r} is not a column or an average of table "
+                             f"{claim.table}: {[*metrics, *table.averages]}")
+        unusable = sorted({metrics[part] for part in parts} - set(get_args(IntervalMetric)))
+        if unusable:
+            raise ValueError(f"{where}.column: metric(s) {unusable} cannot be bootstrapped from per-item outcomes; "
+                             f"use a column of {list(get_args(IntervalMetric))}")
+        for key in ("method", "baseline"):
+            if getattr(claim, key) not in table.methods:
+                raise ValueError(f"{where}.{key}: {getattr(claim, key)!r} is not one of table {claim.table}'s "
+                                 f"methods {table.methods}")
+        if claim.method == claim.baseline:
+            raise ValueError(f"{where}: method and baseline are both {claim.method!r}")
+
 
 class DescriptorsSettings(Strict):
     """Settings of ``workflow/rules/descriptors.smk`` (the LLM that writes a new bank)."""
@@ -202,6 +257,8 @@ class WorkflowConfig(RunSettings):
     descriptors: DescriptorsSettings | None = None
     demo: DemoSettings | None = Field(None, description="build the demo's data and zero-shot weights in the workflow")
     figures: dict[FigureName, FigureSpec] = Field({}, description="name -> figure (results/figure_<name>.png)")
+    claims: ClaimsSpec | None = Field(None, description="the paper's claims checked with bootstrap intervals "
+                                      "(results/claims.{md,csv})")
 
     @model_validator(mode="after")
     def _references(self) -> WorkflowConfig:
@@ -228,6 +285,8 @@ class WorkflowConfig(RunSettings):
                                  f"{bank.path.stem!r}, which names the run-dir slot; rename one file")
         for name, figure in self.figures.items():
             check_figure(f"figures.{name}", figure, self.tables, self.seeds)
+        if self.claims is not None:
+            check_claims(self.claims, self.tables)
         return self
 
 

@@ -17,6 +17,11 @@ classes), and each benchmark's images are decoded once for all alphas (into ``--
 or a temporary one). A metrics file that already exists for the same checkpoint (sha256) and α
 is kept, not recomputed, so adding a benchmark or an α to a table only computes the new ones.
 
+Beside every metrics file goes its per-item outcomes, ``<request>.items.npz`` (``--out m.json``:
+``m.items.npz``; stages/evaluation/items.py), written before the JSON, so that a current JSON
+always has its own items file. A current JSON without one (written before items files existed)
+is scored again for its items only; the JSON is kept byte for byte when the new numbers equal it.
+
 The JSON holds ``benchmark``, ``model`` (name, pretrained, run dir, checkpoint and its sha256,
 WiSE-FT alpha, which head scored it), ``n``, ``metrics``, ``groups`` and ``images_per_s``.
 Every benchmark's ``metrics`` hold ``top1``, ``ece`` and ``nll``: the calibration metrics use the
@@ -52,6 +57,7 @@ from stages.data.source import LabeledImages, build_dataset
 from stages.errors import PipelineError
 from stages.evaluation.benchmarks import ALWAYS_METRICS, BENCHMARKS, Benchmark, get_benchmark, score
 from stages.evaluation.image_cache import evaluation_images
+from stages.evaluation.items import ItemOutcomes
 from stages.evaluation.metrics import project_logits
 from stages.evaluation.heads import HeadCache, text_head
 from stages.io import atomic_write_json, scratch_dir, sha256_file
@@ -59,7 +65,7 @@ from stages.models.factory import ClipBundle, LoadedModel, create_clip
 from stages.models.wise import interpolate_state_dicts
 from stages.cli import command
 from stages.config import WorkflowConfig
-from stages.rundir import ALPHA, BEST, INDEX, RECORD, EvalRequest, RunDir, index_path
+from stages.rundir import ALPHA, BEST, INDEX, RECORD, EvalRequest, RunDir, index_path, items_path
 
 # The workflow config's field owns the evaluation batch size (``eval_batch_size``); the CLI and these functions read it.
 EVAL_BATCH_SIZE: int = WorkflowConfig.model_fields["eval_batch_size"].default
@@ -222,6 +228,13 @@ def predict(
                   torch.cat(label_log_probs).double().numpy())
 
 
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns: the metrics JSON payload and the per-item outcomes behind it."""
+
+    payload: dict[str, Any]
+    items: ItemOutcomes
+
+
 def evaluate(
     benchmark: str,
     data_root: Path,
@@ -233,8 +246,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
     source: LabeledImages | None = None,
-) -> dict[str, Any]:
-    """Score `loaded` on `benchmark` and return the metrics JSON payload (`source`: the dataset, if built)."""
+) -> Evaluation:
+    """Score `loaded` on `benchmark`: the metrics JSON payload and its items (`source`: the dataset, if built)."""
     bench = get_benchmark(benchmark)
     source = source or build_dataset(bench.dataset, data_root, bench.split)
     weight, kind = classifier(bench, source, loaded, cache or HeadCache())
@@ -243,10 +256,27 @@ def evaluate(
         batch_size=batch_size, workers=workers, device=torch.device(device), desc=bench.name, image_cache=image_cache,
     )
     results, groups = score(bench, source, scores.predictions, scores.confidences, scores.label_log_probs)
-    return {
+    return Evaluation({
         "benchmark": bench.name, "model": {**loaded.identity, "head": kind}, "n": len(source),
         "metrics": results, "groups": groups, "images_per_s": scores.images_per_s,
-    }
+    }, ItemOutcomes.of(source, scores.predictions))
+
+
+def write_evaluation(metrics_path: Path, evaluation: Evaluation, keep_equal: bool = False) -> bool:
+    """Write the items file, then the metrics JSON (the JSON last: a current JSON has its own items file).
+
+    With `keep_equal`, an existing JSON whose numbers (metrics, groups) equal the new ones is kept as
+    it is (its speed and bytes unchanged). Whether the JSON was written.
+    """
+    evaluation.items.write(items_path(metrics_path))
+    if keep_equal:
+        with contextlib.suppress(OSError, ValueError):
+            old = json.loads(metrics_path.read_text(encoding="utf-8"))
+            if (old.get("metrics"), old.get("groups")) == (evaluation.payload["metrics"], evaluation.payload["groups"]):
+                return False
+        log.warning("warning: %s: scoring it again for its items file changed its numbers; rewritten", metrics_path)
+    atomic_write_json(metrics_path, evaluation.payload)
+    return True
 
 
 def is_current(path: Path, benchmark: str, identity: dict[str, Any]) -> bool:
@@ -279,7 +309,8 @@ def evaluate_requests(
     device: str | torch.device = "cpu",
     image_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Write every request's metrics file in `eval_dir` (`EvalRequest.path`) unless already current; return the index.
+    """Write every request's metrics file in `eval_dir` (`EvalRequest.path`) and its items file unless both are
+    current (`write_evaluation`); return the index.
 
     `model_at(alpha)` gives the model at a WiSE-FT α (None: as trained); `identity` is the
     model's for :func:`is_current`, without ``alpha`` (set per request). The model is set once
@@ -289,10 +320,15 @@ def evaluate_requests(
     parsed = {str(request): EvalRequest.parse(str(request), BENCHMARKS) for request in requests}
     eval_dir.mkdir(parents=True, exist_ok=True)
     targets = {name: request.path(eval_dir) for name, request in parsed.items()}
-    pending = {name: (request.benchmark, request.alpha) for name, request in parsed.items()
-               if not is_current(targets[name], request.benchmark, {**identity, "alpha": request.alpha})}
+    stale = {name for name, request in parsed.items()
+             if not is_current(targets[name], request.benchmark, {**identity, "alpha": request.alpha})}
+    # A current JSON from before items files existed: scored again for its items (the JSON is kept if equal).
+    no_items = {name for name, request in parsed.items()
+                if name not in stale and not request.items_path(eval_dir).is_file()}
+    pending = {name: (parsed[name].benchmark, parsed[name].alpha) for name in stale | no_items}
     for name in sorted(set(parsed) - set(pending)):
         log.info("%s: kept %s (same checkpoint and alpha)", name, targets[name])
+    written: set[str] = set()  # the requests whose metrics JSON this call wrote (the index's "computed")
     alphas = sorted({alpha for _, alpha in pending.values()}, key=lambda alpha: (alpha is not None, alpha or 0.0))
     sources: dict[str, LabeledImages] = {}
     # A private crop cache for this process's alphas; one left by a killed evaluation is removed (scratch_dir).
@@ -306,13 +342,14 @@ def evaluate_requests(
                 if benchmark not in sources:
                     bench = get_benchmark(benchmark)
                     sources[benchmark] = build_dataset(bench.dataset, data_root, bench.split)
-                payload = evaluate(benchmark, data_root, loaded, cache=cache, batch_size=batch_size, workers=workers,
-                                   device=device, image_cache=None if crops is None else Path(crops),
-                                   source=sources[benchmark])
-                atomic_write_json(targets[name], payload)
-                log.info("%s: %s -> %s", name, summary(payload), targets[name])
+                evaluation = evaluate(benchmark, data_root, loaded, cache=cache, batch_size=batch_size,
+                                      workers=workers, device=device, image_cache=None if crops is None else Path(crops),
+                                      source=sources[benchmark])
+                if write_evaluation(targets[name], evaluation, keep_equal=name in no_items):
+                    written.add(name)
+                log.info("%s: %s -> %s", name, summary(evaluation.payload), targets[name])
     return {"requests": [{"request": name, "file": targets[name].name, "sha256": sha256_file(targets[name]),
-                          "computed": name in pending} for name in parsed]}
+                          "computed": name in written} for name in parsed]}
 
 
 def summary(payload: dict[str, Any]) -> str:
@@ -389,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = evaluate_requests(args.requests, args.eval_dir, args.data_root, model_at, identity, **options)
         atomic_write_json(index_path(args.eval_dir), index)
         return 0
-    payload = evaluate(args.benchmark, args.data_root, model_at(args.alpha), **options)
-    atomic_write_json(args.out, payload)
-    print(f"{args.benchmark}: {summary(payload)} -> {args.out}")
+    evaluation = evaluate(args.benchmark, args.data_root, model_at(args.alpha), **options)
+    write_evaluation(args.out, evaluation)
+    print(f"{args.benchmark}: {summary(evaluation.payload)} -> {args.out} (items: {items_path(args.out)})")
     return 0

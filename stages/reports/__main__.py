@@ -1,4 +1,4 @@
-"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--all-results] [--out-dir DIR] [--device D]``.
+"""``python -m stages.reports --config WORKFLOW.yaml [--table N ...] [--figure NAME ...] [--all-results] [--claims] [--out-dir DIR] [--device D]``.
 
 Builds ``tableN.md`` and ``tableN.csv`` for each N, and ``figure_<NAME>.png`` for each figure of
 the config's ``figures``, from the metrics JSON files the workflow config implies (missing ones
@@ -6,7 +6,9 @@ show as missing cells, or are listed on the figure and here), into DIR (default:
 results). ``--all-results`` writes ``all_results.csv`` and ``all_results.jsonl``: one row per
 (run, benchmark, WiSE-FT α) with the run's slots and every metric (``stages.reports.results``).
 A ``gradcam`` figure instead reads the runs' ``best.pt`` and the benchmark's images under
-``data_root`` and runs the models (on ``--device``, default cpu).
+``data_root`` and runs the models (on ``--device``, default cpu). ``--claims`` writes ``claims.md``
+and ``claims.csv``: the config's ``claims``, each a paired bootstrap interval of one method minus
+another over seeds and test items, from the evaluation's items files (``stages.reports.claims``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", nargs="+", default=[], help="figure names (the config's figures), e.g. figure2")
     parser.add_argument("--all-results", action="store_true",
                         help="write all_results.csv and .jsonl (one row per run, benchmark and α)")
+    parser.add_argument("--claims", action="store_true",
+                        help="write claims.md and claims.csv (the config's claims, with bootstrap intervals)")
     parser.add_argument("--out-dir", type=Path, help="where the tables and figures go (default: the config's results)")
     parser.add_argument("--device", default="cpu", help="where gradcam figures run their models (e.g. cuda)")
     args = parser.parse_args(argv)
-    if not args.table and not args.figure and not args.all_results:
-        parser.error("give --table, --figure and/or --all-results")
+    if not args.table and not args.figure and not args.all_results and not args.claims:
+        parser.error("give --table, --figure, --all-results and/or --claims")
     # Imported after parsing, so that --help does not wait for torch and matplotlib.
     from stages.reports.figures import build_figure, write_figure
     from stages.reports.results import write_all_results
@@ -64,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.all_results:
         paths, rows, missing = write_all_results(config, args.out_dir or config.results)
         print(f"all results: {rows} rows, {missing} planned metrics files missing -> {', '.join(map(str, paths))}")
+    if args.claims:
+        from stages.reports.claims import build_claims, write_claims
+
+        if config.claims is None:
+            raise ConfigError(f"{args.config}: no claims (the config's `claims` key) to report")
+        claims = build_claims(config)
+        paths = write_claims(config, claims, args.out_dir or config.results)
+        verdicts = ", ".join(f"{claim.verdict}" for claim in claims)
+        print(f"claims: {len(claims)} ({verdicts}) -> {', '.join(map(str, paths))}")
     return 0
 
 

@@ -194,6 +194,13 @@ def all_metrics(wildcards) -> list[str]:
     return sorted({path.as_posix() for number in WF.tables for path in plan.table_indexes(WF, number)})
 
 
+def claims_metrics(wildcards) -> list[str]:
+    """The evaluation index of every run the config's claims compare (their items files are written with it)."""
+    if WF.claims is None:
+        raise WorkflowError("the config has no claims: results/claims.md is built only from a `claims` key")
+    return [path.as_posix() for path in plan.claim_indexes(WF)]
+
+
 def workflow_yaml(wildcards) -> str:
     """The validated config as YAML (what stages.reports reads), without the settings that change no report
     (plan.report_config: execution settings such as tracking or log_every rebuild no table)."""

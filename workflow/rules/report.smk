@@ -1,6 +1,7 @@
 # Reports: results/tableN.{md,csv} from the metrics JSON only (stages.reports), the paper's
 # number and the difference beside ours; results/figure_<name>.png for the config's figures;
-# results/all_results.{csv,jsonl}: one row per (run, benchmark, α), for your own plots.
+# results/all_results.{csv,jsonl}: one row per (run, benchmark, α), for your own plots;
+# results/claims.{md,csv}: the config's claims, each a paired bootstrap interval and its verdict.
 # workflow_config.yaml is the validated config the report CLI reads (rewritten, and the tables
 # and figures rebuilt, when the config changes).
 
@@ -10,6 +11,7 @@ localrules:
     report,
     figure,
     all_results,
+    claims,
 
 
 rule workflow_config:
@@ -89,3 +91,17 @@ rule all_results:
         f"{RESULTS}/logs/report/all_results.log",
     shell:
         "python -m stages.reports --config {input.config} --all-results > {log} 2>&1"
+
+
+# The items files beside the metrics JSONs are written with each run's evaluation index (evaluate.smk).
+rule claims:
+    input:
+        config=f"{RESULTS}/workflow_config.yaml",
+        metrics=claims_metrics,
+    output:
+        markdown=report(f"{RESULTS}/claims.md", category="Tables"),
+        csv=report(f"{RESULTS}/claims.csv", category="Tables"),
+    log:
+        f"{RESULTS}/logs/report/claims.log",
+    shell:
+        "python -m stages.reports --config {input.config} --claims > {log} 2>&1"
