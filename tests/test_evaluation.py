@@ -16,11 +16,13 @@ from stages.data.source import ImageDataset, build_dataset, load_image
 from stages.evaluation import metrics
 from stages.evaluation.benchmarks import get_benchmark, score
 from stages.evaluation.image_cache import CachedImages, evaluation_images
+from stages.evaluation.items import ItemOutcomes
 from stages.evaluation.run import EvaluationError, classifier, load_pretrained, load_run, main, predict
 from stages.evaluation.heads import HeadCache, text_head
 from stages.config import TrainConfig
 from stages.io import atomic_torch_save
 from stages.models.factory import LoadedModel, create_clip
+from stages.reports.intervals import metric_value
 from stages.rundir import RunDir, RunRecord
 from stages.training.loop import train
 
@@ -96,6 +98,20 @@ def _reference_ece(confidences: list[float], correct: list[bool], bins: int = 15
             confidence = sum(confidences[i] for i in members) / len(members)
             total += len(members) / len(confidences) * abs(accuracy - confidence)
     return total
+
+
+def test_swap_rate_equals_the_pair_by_pair_definition_exactly() -> None:
+    """The swap rate counts pairs without a loop (a bootstrap calls it thousands of times): the same floats."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        renders = rng.integers(2, 6, size=rng.integers(1, 30))
+        objects = rng.permutation(np.repeat(rng.permutation(500)[:len(renders)], renders))
+        predictions = rng.integers(0, rng.integers(1, 6), len(objects))
+        rates = []
+        for obj in sorted(set(objects.tolist())):
+            mine = predictions[objects == obj].tolist()
+            rates.append(np.mean([mine[i] != mine[j] for i in range(len(mine)) for j in range(i + 1, len(mine))]))
+        assert metrics.background_swap_rate(predictions, objects) == float(np.mean(rates))
 
 
 def test_ece_hand_computed_right_inclusive_bins_and_one_in_the_last_bin() -> None:
@@ -228,6 +244,14 @@ def test_cli_zero_shot_waterbirds_end_to_end(tiny: LoadedModel, tmp_path: Path) 
     assert payload["metrics"]["worst_group"] == min(row["top1"] for row in payload["groups"])
     adjusted = sum(row["top1"] * n for row, n in zip(payload["groups"], (7, 1, 2, 5))) / 15  # train shares
     assert payload["metrics"]["adjusted_mean"] == pytest.approx(adjusted)
+    # Beside the JSON, the predictions behind it: plain arrays (no pickle), which give its numbers exactly.
+    with np.load(tmp_path / "m.items.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["group_names", "groups", "labels", "predictions"]
+        assert metrics.top1(archive["predictions"], archive["labels"]) == payload["metrics"]["top1"]
+        assert archive["predictions"].tolist() == _reference_top1(tiny, tmp_path / "data")[1]
+    items = ItemOutcomes.read(tmp_path / "m.items.npz")
+    for metric in ("top1", "worst_group", "mean_group"):
+        assert metric_value(metric, items) == payload["metrics"][metric], metric
 
 
 def _fake_run(run_dir: Path, head_classes: list[str] | None, head_rows: int | None = None,
@@ -381,6 +405,16 @@ def test_requests_equal_single_evaluations_and_keep_current_files(tmp_path: Path
     index = requests("waterbirds", "waterbirds@alpha0.5", "pacs")  # one new request: only it is computed
     assert [row["computed"] for row in index["requests"]] == [False, False, True]
     assert {name: (eval_dir / f"{name}.json").read_bytes() for name in kept} == kept
+    # Every metrics file has its items file; one missing (a JSON from before them) is scored again for its
+    # items alone: the JSON is kept byte for byte, and the new items give its numbers.
+    assert sorted(path.name for path in eval_dir.glob("*.items.npz")) == [
+        "pacs.items.npz", "pacs@alpha0.5.items.npz", "waterbirds.items.npz", "waterbirds@alpha0.5.items.npz"]
+    items = RunDir(run_dir).items("waterbirds@alpha0.5")
+    before = items.read_bytes()
+    items.unlink()
+    index = requests("waterbirds", "waterbirds@alpha0.5", "pacs")
+    assert [row["computed"] for row in index["requests"]] == [False, False, False]
+    assert {name: (eval_dir / f"{name}.json").read_bytes() for name in kept} == kept and items.read_bytes() == before
     # A file from before ECE and NLL were metrics is recomputed, not kept.
     old = json.loads((eval_dir / "waterbirds.json").read_text())
     old["metrics"] = {key: value for key, value in old["metrics"].items() if key not in ("ece", "nll")}

@@ -112,10 +112,11 @@ def background_swap_rate(predictions: np.ndarray, objects: np.ndarray) -> float:
     if (renders < 2).any():
         raise ValueError(f"object {names[renders < 2][0]} has one render: the swap rate needs every object on "
                          ">= 2 backgrounds")
-    # Each (object, predicted class) once, with how many of the object's renders got that class.
-    agreeing, counts = np.unique(np.stack([owner.reshape(-1), predictions.reshape(-1)], axis=1), axis=0,
-                                 return_counts=True)
-    same = np.bincount(agreeing[:, 0], weights=counts * (counts - 1) // 2, minlength=len(names))
+    # Each (object, predicted class) once, as one integer key, with how many of the object's renders got that class.
+    _, predicted = np.unique(predictions, return_inverse=True)
+    width = int(predicted.max()) + 1
+    keys, counts = np.unique(owner.reshape(-1) * width + predicted.reshape(-1), return_counts=True)
+    same = np.bincount(keys // width, weights=counts * (counts - 1) // 2, minlength=len(names))
     pairs = renders * (renders - 1) // 2
     return float(np.mean((pairs - same) / pairs))
 

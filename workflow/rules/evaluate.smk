@@ -9,7 +9,7 @@
 # it grows (ECE and NLL were added), snakemake's params trigger reruns each evaluation job once,
 # which recomputes the files that lack the new metrics (and keeps none of them: see is_current).
 # Beside each metrics file goes its per-item outcomes, <request>.items.npz (the bootstrap intervals of
-# results/claims.md read them), not declared either, for the same reason. `items` names that file:
+# results/claims.md read them), not declared either, for the same reason. `items_file` names that file:
 # its addition reran each finished evaluation job once, which scored the runs again only for the
 # missing items files and kept every metrics JSON whose numbers came out equal, byte for byte.
 
@@ -37,7 +37,7 @@ rule evaluate:
         model=model_arguments,
         requests=run_requests,
         metrics=" ".join(ALWAYS_METRICS),
-        items=ITEMS_SUFFIX,
+        items_file=ITEMS_SUFFIX,
         eval_dir=lambda wildcards, output: os.path.dirname(output[0]),
         execution=eval_execution,
     shell:
