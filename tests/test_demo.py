@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,10 @@ import yaml
 from stages.data.fmnist_demo import BACKGROUNDS, FMNIST_NAMES, HELDOUT_CLASSES, HOME, ID_CLASSES
 from stages.data.source import DatasetError, build_dataset
 from stages.demo.data import read_idx, build_demo_data, find_fashion_mnist
+from stages.evaluation.items import ItemOutcomes
 from stages.evaluation.metrics import background_shortcut, background_swap_rate
+from stages.reports.intervals import metric_value
+from stages.rundir import items_path
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"pretrain": 1000, "train": 1600, "val": 48, "test": 96, "group": 400, "sketch": 48, "rendition": 48,
@@ -134,7 +138,7 @@ def test_tiny_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     config["archs"] = {"TinyCLIP-demo": str(tmp_path / "TinyCLIP-demo.pt")}
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "-q", "--configfile", str(tmp_path / "demo.yaml"),
-               "--", f"{results}/table2.md", f"{results}/table3.md"]
+               "--", f"{results}/table2.md", f"{results}/table3.md", f"{results}/claims.md"]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:]
@@ -153,6 +157,14 @@ def test_tiny_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert len(list((results / "benchmarks" / "evaluate").rglob("*.tsv"))) == len(indexes) == 3
     metrics = {path: path.read_bytes() for path in (results / "runs").rglob("eval/demo-*.json")}
     assert len(metrics) == 3 * 3  # (zero-shot, CAR-FT, StarFT) x (demo-id, demo-sketch, demo-heldout-group)
+    # Each beside its items file, which gives its numbers again (the swap rate from the object ids).
+    for path in metrics:
+        items = ItemOutcomes.read(items_path(path))
+        recorded = json.loads(path.read_text())["metrics"]
+        for metric in {"top1", "worst_group", "mean_group", "swap_rate"} & set(recorded):
+            assert metric_value(metric, items) == recorded[metric], (path, metric)
+    claims = (results / "claims.md").read_text()
+    assert sum(claims.count(f"**{word}**") for word in ("reproduced", "contradicted", "inconclusive")) == 3, claims
 
     # A rerun is a no-op whatever starts snakemake: the venv's `snakemake` entry point, and the
     # interpreter reached through a symlinked venv with other execution settings (workers, batch
