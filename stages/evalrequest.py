@@ -4,8 +4,9 @@ Owned by stages/rundir.py (which re-exports it): with `RunDir`, the only code th
 file names. A request prints as ``imagenet`` or ``imagenet@alpha0.5`` (α with ``:g``), parses back
 from that text, and knows its metrics file: ``<eval dir>/<request>.json``, the eval dir of a run
 being ``<run dir>/eval`` (`RunDir.eval_dir`), and the per-item outcomes beside it:
-``<eval dir>/<request>.items.npz`` (`items_path`; stages/evaluation/items.py reads and writes it). The layout is docs/evaluation.md's and
-docs/workflow.md's. Torch-free, so that the Snakefile and the plan import it for free.
+``<eval dir>/<request>.items.npz`` (`items_path`; stages/evaluation/items.py reads and writes it).
+The layout is docs/evaluation.md's and docs/workflow.md's. Torch-free, so that the Snakefile and
+the plan import it for free.
 """
 
 from __future__ import annotations

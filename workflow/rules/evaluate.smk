@@ -10,8 +10,9 @@
 # which recomputes the files that lack the new metrics (and keeps none of them: see is_current).
 # Beside each metrics file goes its per-item outcomes, <request>.items.npz (the bootstrap intervals of
 # results/claims.md read them), not declared either, for the same reason. `items_file` names that file:
-# its addition reran each finished evaluation job once, which scored the runs again only for the
-# missing items files and kept every metrics JSON whose numbers came out equal, byte for byte.
+# adding it reruns each evaluation job finished before items files existed, once; the job scores the
+# run again only for the missing items files and keeps every metrics JSON whose numbers come out
+# equal, byte for byte (stages.evaluation.run.write_evaluation).
 
 from stages.evaluation.benchmarks import ALWAYS_METRICS
 from stages.rundir import ITEMS_SUFFIX
