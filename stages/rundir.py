@@ -154,7 +154,7 @@ def run_slots(config: TrainConfig) -> dict[str, str]:
     spurious = config.spurious
     parts: list[str] = []
     if spec.uses_spurious:
-        parts.append(f"suffix-{spurious.suffix}_mask-{'on' if spurious.mask else 'off'}_decay-{spurious.decay}")
+        parts.append(f"suffix-{spurious.suffix}_mask-{_slot_text(spurious.mask)}_decay-{spurious.decay}")
     swept = option_values(config)
     if swept:
         parts.append("_".join([OPTIONS_MARK, *(f"{key}-{value}" for key, value in swept.items())]))

@@ -49,11 +49,12 @@ class ClaimResult:
 
 def claim_parts(config: WorkflowConfig, claim: ClaimSpec) -> list[Comparison]:
     """Per benchmark of the claim's column: the two methods' items files, by seed."""
+    # The cells (runs by seed) fill every column of the claim: looked up once per method, not per column.
+    cells = [plan.claim_cells(config, claim, method) for method in (claim.method, claim.baseline)]
     parts = []
     for column in plan.claim_columns(config, claim):
         sides = [{seed: ItemOutcomes.read(cell.run_dir(config.results).items(cell.request(column.benchmark)))
-                  for seed, cell in plan.claim_cells(config, claim, method).items()}
-                 for method in (claim.method, claim.baseline)]
+                  for seed, cell in by_seed.items()} for by_seed in cells]
         parts.append(Comparison(column.metric, *sides))
     return parts
 
